@@ -1,0 +1,157 @@
+/**
+ * Backend selection, in one place: native TensorFlow first (tfjs-node-gpu when the user
+ * installed it, else tfjs-node), then wasm, then the pure-JS cpu backend. `--backend` or
+ * SINKLM_BACKEND overrides; SINKLM_NO_NATIVE=1 hides native (to test the fallbacks).
+ * Every figure sinklm reports carries `backendInfo().backend`.
+ */
+import * as os from 'node:os';
+import { createRequire } from 'node:module';
+import * as tf from '@tensorflow/tfjs-core';
+import { UserError } from './errors.js';
+
+export const BACKENDS = ['tensorflow', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKENDS)[number];
+
+export const NATIVE_HOWTO = 'npm run setup-native  (builds @tensorflow/tfjs-node against a TensorFlow C library; see README "Backends")';
+
+export interface BackendInfo {
+  backend: BackendName;
+  /** Why this backend runs: requested, or why the ones before it were passed over. */
+  reason: string;
+  native: { available: boolean; package?: string; tensorflow?: string; error?: string; howto?: string };
+  gpu: boolean;
+  versions: Record<string, string>;
+  threads: number;
+}
+
+const require = createRequire(import.meta.url);
+let current: BackendInfo | undefined;
+
+interface NativeProbe {
+  ok: boolean;
+  pkg?: string;
+  tfVersion?: string;
+  error?: string;
+}
+let nativeProbe: NativeProbe | undefined;
+
+function shortError(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  const msg = String(err?.message ?? e).split('\n')[0]!;
+  if (err?.code === 'MODULE_NOT_FOUND' && /tfjs-node/.test(msg) && !/binding/.test(msg)) return 'package not installed';
+  if (/native addon module|tfjs_binding\.node/.test(msg)) return 'addon not built (its libtensorflow download fails offline)';
+  if (err?.code === 'ERR_DLOPEN_FAILED') return `TensorFlow C library cannot be loaded: ${msg}`;
+  return msg;
+}
+
+/** Loads tfjs-node(-gpu) once; registers the 'tensorflow' backend on success. */
+function probeNative(): NativeProbe {
+  if (nativeProbe) return nativeProbe;
+  if (process.env.SINKLM_NO_NATIVE && process.env.SINKLM_NO_NATIVE !== '0') {
+    return (nativeProbe = { ok: false, error: 'hidden by SINKLM_NO_NATIVE' });
+  }
+  const errors: string[] = [];
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      const mod = require(pkg) as { version?: Record<string, string> };
+      const binding = (tf.findBackend('tensorflow') as unknown as { binding?: { TF_Version?: string } } | null)?.binding;
+      return (nativeProbe = { ok: true, pkg, tfVersion: binding?.TF_Version ?? mod.version?.['tfjs-node'] });
+    } catch (e) {
+      const msg = shortError(e);
+      if (!(pkg.endsWith('-gpu') && msg === 'package not installed')) errors.push(`${pkg}: ${msg}`);
+    }
+  }
+  return (nativeProbe = { ok: false, error: errors.join('; ') || 'package not installed' });
+}
+
+async function activate(name: BackendName): Promise<void> {
+  if (name === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
+  if (name === 'cpu') await import('@tensorflow/tfjs-backend-cpu');
+  const ok = await tf.setBackend(name);
+  if (!ok) throw new Error(`backend ${name} failed to initialise`);
+  await tf.ready();
+}
+
+function versions(): Record<string, string> {
+  const v: Record<string, string> = { node: process.versions.node, 'tfjs-core': tf.version_core };
+  const tryVersion = (pkg: string) => {
+    try {
+      v[pkg.replace('@tensorflow/', '')] = (require(`${pkg}/package.json`) as { version: string }).version;
+    } catch {
+      /* not installed */
+    }
+  };
+  tryVersion('@tensorflow/tfjs-node');
+  tryVersion('@tensorflow/tfjs-node-gpu');
+  tryVersion('@tensorflow/tfjs-backend-wasm');
+  return v;
+}
+
+/**
+ * Picks and activates the backend. Explicit requests that cannot be met are bad input
+ * (exit 2); the automatic choice falls back and says so once on stderr.
+ */
+export async function initBackend(opts: { prefer?: BackendName; quiet?: boolean } = {}): Promise<BackendInfo> {
+  const envPref = process.env.SINKLM_BACKEND;
+  if (envPref && !(BACKENDS as readonly string[]).includes(envPref)) {
+    throw new UserError(`must be one of ${BACKENDS.join(', ')} (got "${envPref}")`, { field: 'SINKLM_BACKEND' });
+  }
+  const requested = opts.prefer ?? (envPref as BackendName | undefined);
+  if (current && (!requested || requested === current.backend)) return current;
+
+  const probe = probeNative();
+  const native = {
+    available: probe.ok,
+    package: probe.pkg,
+    tensorflow: probe.tfVersion,
+    error: probe.error,
+    howto: probe.ok ? undefined : NATIVE_HOWTO,
+  };
+  let backend: BackendName;
+  let reason: string;
+  if (requested) {
+    if (requested === 'tensorflow' && !probe.ok) {
+      throw new UserError(`native TensorFlow is unavailable (${probe.error}); to get it: ${NATIVE_HOWTO}`, {
+        field: '--backend tensorflow',
+      });
+    }
+    backend = requested;
+    reason = `requested (${opts.prefer ? '--backend' : 'SINKLM_BACKEND'})`;
+  } else if (probe.ok) {
+    backend = 'tensorflow';
+    reason = `native ${probe.pkg} loaded (TensorFlow ${probe.tfVersion ?? '?'})`;
+  } else {
+    backend = 'wasm';
+    reason = `native TensorFlow unavailable: ${probe.error}`;
+  }
+  try {
+    await activate(backend);
+  } catch (e) {
+    if (requested || backend === 'cpu') throw e;
+    reason += `; wasm failed (${shortError(e)})`;
+    backend = 'cpu';
+    await activate(backend);
+  }
+  if (!requested && backend !== 'tensorflow' && !opts.quiet) {
+    process.stderr.write(`sinklm: using the ${backend} backend (${reason}). For ~3-70x faster runs: ${NATIVE_HOWTO}\n`);
+  }
+  current = {
+    backend,
+    reason,
+    native,
+    gpu: probe.pkg === '@tensorflow/tfjs-node-gpu',
+    versions: versions(),
+    threads: os.availableParallelism?.() ?? os.cpus().length,
+  };
+  return current;
+}
+
+/** The active backend; initialises the automatic choice on first use. */
+export async function ensureBackend(): Promise<BackendInfo> {
+  return current ?? initBackend({ quiet: true });
+}
+
+export function backendInfo(): BackendInfo {
+  if (!current) throw new Error('backend not initialised; call initBackend() first');
+  return current;
+}
