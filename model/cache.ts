@@ -1,0 +1,32 @@
+/**
+ * The contract between the model's incremental step and a KV-cache policy (infer/cache/).
+ * The model never knows which policy runs: it asks the cache where the new tokens sit
+ * (positions, mask), hands it each layer's new keys and values, and attends to whatever
+ * the cache gives back. Keys are handed over BEFORE the rotary transform, so a policy can
+ * re-position them (StreamingLLM assigns positions within the cache, not in the text).
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+
+export interface CacheLayout {
+  /** Rotary position of each of the n new tokens. */
+  queryPositions: Int32Array;
+  /** Rotary position of each of the L keys attention will see (after the update), in slot order. */
+  keyPositions: Int32Array;
+  /** Additive mask [n, L]: 0 where query i may see key j, NEG_INF elsewhere. */
+  bias: Float32Array;
+}
+
+export interface KVCache {
+  /** Makes room for n new tokens and says where they and the kept keys sit. */
+  begin(n: number): CacheLayout;
+  /**
+   * Stores one layer's new keys/values ([1, H, n, hd], pre-rotary) and returns all keys
+   * and values attention should see ([1, H, L, hd], pre-rotary, slot order of the layout).
+   * The cache owns what it keeps (tf.keep) and disposes what it replaces.
+   */
+  update(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { k: tf.Tensor4D; v: tf.Tensor4D };
+  /** Called once every layer has been updated. */
+  commit(): void;
+  /** Frees every tensor the cache holds. */
+  dispose(): void;
+}

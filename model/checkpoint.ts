@@ -1,0 +1,73 @@
+/**
+ * Checkpoint directories in the HuggingFace layout: config.json + model.safetensors
+ * (+ tokenizer.json). GPTNeoXForCausalLM.from_pretrained reads them as they are, and a
+ * real Pythia directory loads here the same way.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { UserError } from '../core/errors.js';
+import { readJsonFile, writeFileAtomic } from '../core/fsutil.js';
+import { fromHFConfig, toHFConfig, type NeoXConfig } from './config.js';
+import { GPTNeoX } from './neox.js';
+import { isIgnoredBuffer, paramSpecs } from './params.js';
+import { readSafetensors, writeSafetensors, type TensorMap } from './safetensors.js';
+
+export const CONFIG_FILE = 'config.json';
+export const WEIGHTS_FILE = 'model.safetensors';
+export const TOKENIZER_FILE = 'tokenizer.json';
+
+export function readCheckpointConfig(dir: string): NeoXConfig {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    throw new UserError('checkpoint directory not found', { file: dir });
+  }
+  const file = path.join(dir, CONFIG_FILE);
+  return fromHFConfig(readJsonFile(file), file);
+}
+
+/** Reads and checks the weights against the config: every name present, every shape right. */
+export function readCheckpointWeights(dir: string, config: NeoXConfig): TensorMap {
+  const file = path.join(dir, WEIGHTS_FILE);
+  const { tensors } = readSafetensors(file);
+  const specs = paramSpecs(config);
+  const expected = new Set(specs.map((s) => s.name));
+  for (const s of specs) {
+    const t = tensors.get(s.name);
+    if (!t) throw new UserError(`tensor ${s.name} is missing (config.json says sink_mode "${config.sink_mode}", ${config.num_hidden_layers} layers)`, { file });
+    if (t.shape.join() !== s.shape.join()) {
+      throw new UserError(`tensor ${s.name} has shape [${t.shape}] but config.json implies [${s.shape}]`, { file });
+    }
+  }
+  for (const name of tensors.keys()) {
+    if (!expected.has(name) && !isIgnoredBuffer(name)) {
+      throw new UserError(`unexpected tensor ${name} (config.json says sink_mode "${config.sink_mode}")`, { file });
+    }
+  }
+  return tensors;
+}
+
+export function loadModel(dir: string): GPTNeoX {
+  const config = readCheckpointConfig(dir);
+  return new GPTNeoX(config, readCheckpointWeights(dir, config));
+}
+
+/** The checkpoint's tokenizer.json, or a UserError saying it is needed. */
+export function checkpointTokenizerPath(dir: string): string {
+  const p = path.join(dir, TOKENIZER_FILE);
+  if (!fs.existsSync(p)) throw new UserError(`${TOKENIZER_FILE} is missing; it is needed to turn text into tokens`, { file: dir });
+  return p;
+}
+
+/**
+ * Writes config.json, model.safetensors and (when given) a copy of tokenizer.json into dir.
+ * Each file is written atomically; callers that need the whole directory to appear at
+ * once write into a temporary directory and rename it (train/ does).
+ */
+export async function saveModel(dir: string, model: GPTNeoX, opts: { tokenizerPath?: string; weights?: TensorMap } = {}): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true });
+  const weights = opts.weights ?? (await model.weights());
+  writeSafetensors(path.join(dir, WEIGHTS_FILE), weights, { producer: 'sinklm' });
+  writeFileAtomic(path.join(dir, CONFIG_FILE), JSON.stringify(toHFConfig(model.config), null, 2) + '\n');
+  if (opts.tokenizerPath && path.resolve(opts.tokenizerPath) !== path.resolve(dir, TOKENIZER_FILE)) {
+    writeFileAtomic(path.join(dir, TOKENIZER_FILE), fs.readFileSync(opts.tokenizerPath));
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * GPT-NeoX as Pythia has it: parallel residual x + attn(ln1(x)) + mlp(ln2(x)), rotary on
+ * the first rotary_pct of each head, fused query_key_value with per-head [q|k|v] blocks,
+ * untied embedding and head. One set of weights, two entry points:
+ *   forward(ids [B, T])       full causal sequence (training, scoring)
+ *   step(ids [n], cache)      incremental, over an external KV cache with explicit positions
+ * Both run the same block code; the four sink modes are one switch inside attention.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { CacheLayout, KVCache } from './cache.js';
+import { headDim, rotaryDims, type NeoXConfig } from './config.js';
+import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, rotaryTables } from './ops.js';
+import { paramSpecs, type ParamSpec } from './params.js';
+import type { TensorMap } from './safetensors.js';
+
+interface Geometry {
+  /** cos/sin [n, hd] for the queries and [L, hd] for the keys. */
+  qCos: tf.Tensor;
+  qSin: tf.Tensor;
+  kCos: tf.Tensor;
+  kSin: tf.Tensor;
+  /** Additive mask broadcastable to [B, H, n, L]. */
+  bias: tf.Tensor;
+}
+
+export class GPTNeoX {
+  readonly config: NeoXConfig;
+  readonly specs: ParamSpec[];
+  /** Trainable parameters under their HF names. */
+  readonly params: Map<string, tf.Variable>;
+  private readonly rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; rot: tf.Tensor2D };
+  private readonly causal = new Map<number, tf.Tensor2D>();
+  /** Embedding lookups as gathers need UnsortedSegmentSum for their gradient; wasm lacks it. */
+  private readonly gatherGrad: boolean;
+
+  constructor(config: NeoXConfig, weights: TensorMap) {
+    this.config = config;
+    this.specs = paramSpecs(config);
+    this.params = new Map();
+    for (const s of this.specs) {
+      const w = weights.get(s.name);
+      if (!w) throw new Error(`missing parameter ${s.name}`);
+      this.params.set(s.name, tf.variable(tf.tensor(w.data, s.shape), true));
+    }
+    this.rope = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
+    this.gatherGrad = tf.getKernel('UnsortedSegmentSum', tf.getBackend()) !== undefined;
+  }
+
+  private p<R extends tf.Rank>(name: string): tf.Tensor<R> {
+    return this.params.get(name)! as unknown as tf.Tensor<R>;
+  }
+
+  /** Rows of a [V, D] table; a one-hot matmul where the backend cannot differentiate gather. */
+  private rows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+    if (this.gatherGrad) return tf.gather(table, ids);
+    return tf.matMul(tf.cast(tf.oneHot(ids, table.shape[0]), 'float32'), table);
+  }
+
+  /** Full causal forward: ids [B, T] -> logits [B*T, V]. */
+  forward(ids: tf.Tensor2D): tf.Tensor2D {
+    const [B, T] = ids.shape;
+    if (T > this.config.max_position_embeddings) {
+      throw new Error(`sequence of ${T} tokens exceeds max_position_embeddings ${this.config.max_position_embeddings}`);
+    }
+    const cos = tf.slice(this.rope.cos, [0, 0], [T, -1]);
+    const sin = tf.slice(this.rope.sin, [0, 0], [T, -1]);
+    const geo: Geometry = { qCos: cos, qSin: sin, kCos: cos, kSin: sin, bias: this.causalBias(T) };
+    return this.run(tf.reshape(ids, [B * T]) as tf.Tensor1D, B, T, geo);
+  }
+
+  /**
+   * Incremental step: n new tokens of one stream, attending to what the cache keeps.
+   * Returns logits [n, V]; the cache has taken the new keys and values.
+   */
+  step(ids: number[] | Int32Array, cache: KVCache): tf.Tensor2D {
+    const n = ids.length;
+    const layout: CacheLayout = cache.begin(n);
+    const L = layout.keyPositions.length;
+    const maxPos = this.config.max_position_embeddings;
+    for (const p of [...layout.queryPositions, ...layout.keyPositions]) {
+      if (p < 0 || p >= maxPos) throw new Error(`position ${p} outside the model's ${maxPos} positions`);
+    }
+    const logits = tf.tidy(() => {
+      const qPos = tf.tensor1d(layout.queryPositions, 'int32');
+      const kPos = tf.tensor1d(layout.keyPositions, 'int32');
+      const geo: Geometry = {
+        qCos: tf.gather(this.rope.cos, qPos),
+        qSin: tf.gather(this.rope.sin, qPos),
+        kCos: tf.gather(this.rope.cos, kPos),
+        kSin: tf.gather(this.rope.sin, kPos),
+        bias: tf.tensor2d(layout.bias, [n, L]),
+      };
+      return this.run(tf.tensor1d(Int32Array.from(ids), 'int32'), 1, n, geo, cache);
+    });
+    cache.commit();
+    return logits;
+  }
+
+  private causalBias(T: number): tf.Tensor2D {
+    let m = this.causal.get(T);
+    if (!m) {
+      const data = new Float32Array(T * T);
+      for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) data[i * T + j] = NEG_INF;
+      m = tf.keep(tf.tensor2d(data, [T, T]));
+      this.causal.set(T, m);
+    }
+    return m;
+  }
+
+  /** The transformer over B sequences of n tokens (flattened ids [B*n]) -> logits [B*n, V]. */
+  private run(ids: tf.Tensor1D, B: number, n: number, geo: Geometry, cache?: KVCache): tf.Tensor2D {
+    const c = this.config;
+    let x = this.rows(this.p<tf.Rank.R2>('gpt_neox.embed_in.weight'), ids);
+    for (let i = 0; i < c.num_hidden_layers; i++) {
+      const pre = `gpt_neox.layers.${i}`;
+      const ln = (name: string) => layerNorm(x, this.p(`${pre}.${name}.weight`), this.p(`${pre}.${name}.bias`), c.layer_norm_eps) as tf.Tensor2D;
+      const attn = this.attention(ln('input_layernorm'), i, B, n, geo, cache);
+      const mlp = this.mlp(ln('post_attention_layernorm'), pre);
+      x = tf.add(tf.add(x, attn), mlp);
+    }
+    const h = layerNorm(x, this.p('gpt_neox.final_layer_norm.weight'), this.p('gpt_neox.final_layer_norm.bias'), c.layer_norm_eps);
+    return tf.matMul(h as tf.Tensor2D, this.p<tf.Rank.R2>('embed_out.weight'), false, true);
+  }
+
+  private attention(x: tf.Tensor2D, layer: number, B: number, n: number, geo: Geometry, cache?: KVCache): tf.Tensor2D {
+    const c = this.config;
+    const H = c.num_attention_heads;
+    const hd = headDim(c);
+    const pre = `gpt_neox.layers.${layer}.attention`;
+    const qkv = linear(x, this.p(`${pre}.query_key_value.weight`), this.p(`${pre}.query_key_value.bias`));
+    // HF layout: each head owns a contiguous [q|k|v] block of 3*hd columns.
+    const heads = tf.transpose(tf.reshape(qkv, [B, n, H, 3 * hd]), [0, 2, 1, 3]);
+    let [q, k, v] = tf.split(heads, 3, -1) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
+    if (cache) ({ k, v } = cache.update(layer, k, v));
+    const qr = applyRotary(tf.mul(q, 1 / Math.sqrt(hd)), geo.qCos, geo.qSin, this.rope.rot);
+    const kr = applyRotary(k, geo.kCos, geo.kSin, this.rope.rot);
+    const scores = tf.add(tf.matMul(qr, kr, false, true), geo.bias);
+    const sink = c.sink_mode === 'logit' ? tf.reshape(this.p(`${pre}.sinks`), [1, H, 1, 1]) : undefined;
+    const w = attentionWeights(scores, c.sink_mode, sink);
+    const ctx = tf.reshape(tf.transpose(tf.matMul(w, v), [0, 2, 1, 3]), [B * n, H * hd]) as tf.Tensor2D;
+    return linear(ctx, this.p(`${pre}.dense.weight`), this.p(`${pre}.dense.bias`));
+  }
+
+  private mlp(x: tf.Tensor2D, pre: string): tf.Tensor2D {
+    const h = linear(x, this.p(`${pre}.mlp.dense_h_to_4h.weight`), this.p(`${pre}.mlp.dense_h_to_4h.bias`));
+    return linear(gelu(h, this.config.hidden_act) as tf.Tensor2D, this.p(`${pre}.mlp.dense_4h_to_h.weight`), this.p(`${pre}.mlp.dense_4h_to_h.bias`));
+  }
+
+  /**
+   * Mean next-token NLL over the positions where mask = 1.
+   * logits [N, V], targets [N] int32, mask [N] float32.
+   */
+  loss(logits: tf.Tensor2D, targets: tf.Tensor1D, mask: tf.Tensor1D): tf.Scalar {
+    const nll = this.tokenNll(logits, targets);
+    return tf.div(tf.sum(tf.mul(nll, mask)), tf.maximum(tf.sum(mask), 1)) as tf.Scalar;
+  }
+
+  /** Per-position NLL: logsumexp(logits) - logits[target]. */
+  tokenNll(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+    const [N, V] = logits.shape;
+    const lse = tf.logSumExp(logits, -1);
+    let picked: tf.Tensor1D;
+    if (this.gatherGrad) {
+      const flatIdx = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets);
+      picked = tf.gather(tf.reshape(logits, [N * V]), flatIdx) as tf.Tensor1D;
+    } else {
+      picked = tf.sum(tf.mul(logits, tf.cast(tf.oneHot(targets, V), 'float32')), -1);
+    }
+    return tf.sub(lse, picked);
+  }
+
+  /** Weights as float32 arrays under their HF names, in checkpoint order. */
+  async weights(): Promise<TensorMap> {
+    const out: TensorMap = new Map();
+    for (const s of this.specs) out.set(s.name, { shape: s.shape, data: (await this.params.get(s.name)!.data()) as Float32Array });
+    return out;
+  }
+
+  /** Sets all weights from arrays (shapes already checked). */
+  assign(weights: TensorMap): void {
+    for (const s of this.specs) {
+      const w = weights.get(s.name)!;
+      tf.tidy(() => this.params.get(s.name)!.assign(tf.tensor(w.data, s.shape)));
+    }
+  }
+
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+    this.rope.cos.dispose();
+    this.rope.sin.dispose();
+    this.rope.rot.dispose();
+    for (const m of this.causal.values()) m.dispose();
+  }
+}

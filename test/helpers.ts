@@ -1,0 +1,50 @@
+/** Test helpers: a backend for the test file, tiny models, tensor-count checks. */
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend, type BackendInfo } from '../core/backend.js';
+import type { NeoXConfig } from '../model/config.js';
+import { GPTNeoX } from '../model/neox.js';
+import { initParams } from '../model/params.js';
+
+/** Native when it is there (the tests' numbers then match what users run), else the fallback. */
+export async function testBackend(): Promise<BackendInfo> {
+  return initBackend({ quiet: true });
+}
+
+export function tinyConfig(over: Partial<NeoXConfig> = {}): NeoXConfig {
+  return {
+    vocab_size: 50,
+    hidden_size: 16,
+    num_hidden_layers: 2,
+    num_attention_heads: 2,
+    intermediate_size: 32,
+    rotary_pct: 0.5,
+    rotary_emb_base: 10000,
+    max_position_embeddings: 64,
+    layer_norm_eps: 1e-5,
+    use_parallel_residual: true,
+    hidden_act: 'gelu',
+    initializer_range: 0.3,
+    sink_mode: 'none',
+    sink_token_id: null,
+    ...over,
+  };
+}
+
+/** A tiny model whose every parameter (norms, biases, sink logits too) is random. */
+export function tinyModel(over: Partial<NeoXConfig> = {}, seed = 7): GPTNeoX {
+  const c = tinyConfig(over);
+  const w = initParams(c, seed);
+  let s = seed;
+  for (const t of w.values()) for (let i = 0; i < t.data.length; i++) t.data[i]! += 0.2 * Math.sin(++s * 12.9898);
+  return new GPTNeoX(c, w);
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+export function numTensors(): number {
+  return tf.memory().numTensors;
+}

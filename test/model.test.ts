@@ -1,0 +1,112 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { SINK_MODES, type SinkMode } from '../core/config.js';
+import { loadModel } from '../model/checkpoint.js';
+import { DenseCache } from '../infer/cache/dense.js';
+import { maxAbsDiff, testBackend, tinyModel } from './helpers.js';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+
+beforeAll(async () => {
+  await testBackend();
+});
+
+function fullLogits(model: ReturnType<typeof tinyModel>, ids: number[]): Float32Array {
+  return tf.tidy(() => model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'))).dataSync() as Float32Array;
+}
+
+describe('parity with independent references (test/fixtures, made by HF transformers / a direct formula)', () => {
+  for (const mode of SINK_MODES) {
+    it(`${mode}: per-token NLL within 1e-4 of the reference`, () => {
+      const dir = path.join(FIXTURES, mode);
+      const expected = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as { tokens: number[]; nll: number[]; logits_first: number[][] };
+      const model = loadModel(dir);
+      expect(model.config.sink_mode).toBe(mode);
+      const ids = expected.tokens;
+      const nll = tf.tidy(() => {
+        const logits = model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'));
+        return model.tokenNll(tf.slice(logits, [0, 0], [ids.length - 1, -1]), tf.tensor1d(ids.slice(1), 'int32'));
+      });
+      expect(maxAbsDiff(nll.dataSync(), expected.nll)).toBeLessThan(1e-4);
+      const first = tf.tidy(() => model.forward(tf.tensor2d(ids, [1, ids.length], 'int32')).slice([0, 0], [1, -1])).dataSync();
+      expect(maxAbsDiff(first, expected.logits_first[0]!)).toBeLessThan(1e-4);
+      nll.dispose();
+      model.dispose();
+    });
+  }
+});
+
+describe('incremental step over an external cache equals the full forward', () => {
+  const splits: Record<string, number[]> = { 'one at a time': Array(12).fill(1), chunks: [5, 3, 4], 'one chunk': [12] };
+  for (const mode of SINK_MODES) {
+    for (const [label, split] of Object.entries(splits)) {
+      it(`${mode}, ${label}: logits within 1e-5`, () => {
+        const model = tinyModel({ sink_mode: mode as SinkMode, sink_token_id: mode === 'token' ? 3 : null });
+        const ids = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 32];
+        const full = fullLogits(model, ids);
+        const cache = new DenseCache();
+        const parts: Float32Array[] = [];
+        let at = 0;
+        for (const n of split) {
+          const logits = model.step(ids.slice(at, at + n), cache);
+          parts.push(logits.dataSync() as Float32Array);
+          logits.dispose();
+          at += n;
+        }
+        const inc = Float32Array.from(parts.flatMap((p) => Array.from(p)));
+        expect(maxAbsDiff(inc, full)).toBeLessThan(1e-5);
+        cache.dispose();
+        model.dispose();
+      });
+    }
+  }
+});
+
+describe('gradients: autodiff agrees with finite differences', () => {
+  for (const mode of SINK_MODES) {
+    it(`${mode}`, () => {
+      const model = tinyModel({ sink_mode: mode as SinkMode, sink_token_id: mode === 'token' ? 3 : null, hidden_size: 8, intermediate_size: 16, vocab_size: 20 }, 3);
+      const ids = [3, 4, 11, 7, 2, 9, 13, 5];
+      const input = tf.tensor2d(ids.slice(0, -1), [1, ids.length - 1], 'int32');
+      const targets = tf.tensor1d(ids.slice(1), 'int32');
+      const mask = tf.ones([ids.length - 1]) as tf.Tensor1D;
+      const lossOf = () => model.loss(model.forward(input), targets, mask);
+      const { grads } = tf.variableGrads(lossOf);
+      const names = [
+        'gpt_neox.embed_in.weight',
+        'gpt_neox.layers.0.attention.query_key_value.weight',
+        'gpt_neox.layers.1.attention.dense.weight',
+        'gpt_neox.layers.0.input_layernorm.weight',
+        'gpt_neox.layers.1.mlp.dense_h_to_4h.bias',
+        'embed_out.weight',
+        ...(mode === 'logit' ? ['gpt_neox.layers.0.attention.sinks', 'gpt_neox.layers.1.attention.sinks'] : []),
+      ];
+      const eps = 1e-2;
+      let checked = 0;
+      for (const name of names) {
+        const v = model.params.get(name)!;
+        const g = grads[v.name]!.dataSync();
+        const base = v.dataSync().slice();
+        // The coordinates with the largest gradients: float32 differences resolve them well.
+        const order = Array.from(g.keys()).sort((a, b) => Math.abs(g[b]!) - Math.abs(g[a]!)).slice(0, 3);
+        for (const i of order) {
+          const at = (delta: number) => {
+            const w = base.slice();
+            w[i]! += delta;
+            v.assign(tf.tensor(w, v.shape));
+            return tf.tidy(() => lossOf().dataSync()[0]!);
+          };
+          const fd = (at(eps) - at(-eps)) / (2 * eps);
+          v.assign(tf.tensor(base, v.shape));
+          expect(Math.abs(fd - g[i]!)).toBeLessThan(2e-3 + 2e-2 * Math.abs(g[i]!));
+          checked++;
+        }
+      }
+      expect(checked).toBeGreaterThan(10);
+      tf.dispose([input, targets, mask, ...Object.values(grads)]);
+      model.dispose();
+    });
+  }
+});
