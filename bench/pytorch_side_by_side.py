@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""PyTorch training throughput for the same model sinklm trains: the yardstick for
+`sinklm bench train`.
+
+  python3 bench/pytorch_side_by_side.py [--layers 6 --hidden 128 --heads 4 --vocab 4096
+      --batch 16 --seq 256 --steps 30 --warmup 5 --threads 2]
+      [--config-json FILE_OR_JSON] [--sinklm-json FILE]
+
+HF GPTNeoXForCausalLM (eager attention, float32, CPU), AdamW(1e-3, betas 0.9/0.95,
+wd 0.1), grad clip 1.0, on random token batches: the data pipeline is not what is being
+measured. --steps counts all steps; the first --warmup are not timed (allocator, thread
+pool and autograd caches settle there). Prints one JSON line on stdout.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def load_json_arg(s):
+    """A path to a JSON file, or the JSON text itself."""
+    if s.lstrip().startswith("{"):
+        return json.loads(s)
+    with open(s) as f:
+        return json.load(f)
+
+
+def pick(d, *names):
+    for n in names:
+        if d.get(n) is not None:
+            return d[n]
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # defaults are None so we can tell "given on the command line" from "not given":
+    # command line > --config-json > the Pythia-14M-shaped defaults below.
+    for name, help_ in [("layers", "6"), ("hidden", "128"), ("heads", "4"), ("vocab", "4096"),
+                        ("intermediate", "4 x hidden"), ("batch", "16"), ("seq", "256"),
+                        ("steps", "30, warmup included"), ("warmup", "5"), ("threads", "2")]:
+        ap.add_argument(f"--{name}", type=int, help=f"default {help_}")
+    ap.add_argument("--rotary-pct", type=float, help="default 0.25")
+    ap.add_argument("--config-json", help="the `config` object of `sinklm bench train --json` "
+                    "(or that whole output), as a file or inline JSON")
+    ap.add_argument("--sinklm-json", help="output of `sinklm bench train --json`: adds the ratio")
+    args = ap.parse_args()
+
+    cfg = {}
+    if args.config_json:
+        cfg = load_json_arg(args.config_json)
+        cfg = cfg.get("config", cfg)  # accept the whole bench output too
+    defaults = dict(layers=6, hidden=128, heads=4, vocab=4096, batch=16, seq=256,
+                    steps=30, warmup=5, threads=2, rotary_pct=0.25)
+    from_cfg = dict(
+        layers=pick(cfg, "num_hidden_layers", "layers"),
+        hidden=pick(cfg, "hidden_size", "hidden"),
+        heads=pick(cfg, "num_attention_heads", "heads"),
+        vocab=pick(cfg, "vocab_size", "vocab"),
+        intermediate=pick(cfg, "intermediate_size", "intermediate"),
+        rotary_pct=pick(cfg, "rotary_pct"),
+        batch=pick(cfg, "batch", "batch_size"),
+        seq=pick(cfg, "seq", "seq_len", "context_length", "context", "block_size"),
+        steps=pick(cfg, "steps"), warmup=pick(cfg, "warmup"), threads=pick(cfg, "threads"),
+    )
+    a = {}
+    for k in set(defaults) | set(from_cfg):
+        cli = getattr(args, k, None)
+        a[k] = cli if cli is not None else from_cfg.get(k) if from_cfg.get(k) is not None else defaults.get(k)
+    a["intermediate"] = a["intermediate"] or 4 * a["hidden"]
+    if a["steps"] <= a["warmup"]:
+        sys.exit(f"pytorch_side_by_side: --steps ({a['steps']}) must exceed --warmup ({a['warmup']})")
+
+    torch.set_num_threads(a["threads"])
+    torch.manual_seed(0)
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+
+    config = GPTNeoXConfig(
+        vocab_size=a["vocab"], hidden_size=a["hidden"], num_hidden_layers=a["layers"],
+        num_attention_heads=a["heads"], intermediate_size=a["intermediate"],
+        rotary_pct=a["rotary_pct"], rotary_emb_base=10000, max_position_embeddings=max(a["seq"], 2048),
+        layer_norm_eps=1e-5, use_parallel_residual=True, hidden_act="gelu",
+        tie_word_embeddings=False, hidden_dropout=0.0, attention_dropout=0.0, use_cache=False,
+    )
+    model = GPTNeoXForCausalLM._from_config(config, attn_implementation="eager", dtype=torch.float32)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+
+    # nanoGPT/Pythia convention: decay matrices and embeddings, not biases or LayerNorm gains
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.95))
+
+    B, T = a["batch"], a["seq"]
+    g = torch.Generator().manual_seed(0)
+    t0 = None
+    for step in range(a["steps"]):
+        if step == a["warmup"]:
+            t0 = time.perf_counter()
+        x = torch.randint(0, a["vocab"], (B, T), generator=g)
+        loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        print(f"step {step}: loss {loss.item():.4f}", file=sys.stderr)
+    elapsed = time.perf_counter() - t0
+    timed = a["steps"] - a["warmup"]
+
+    out = {
+        "framework": "pytorch",
+        "torch": torch.__version__,
+        "tokens_per_s": round(B * T * timed / elapsed, 1),
+        "ms_per_step": round(1000 * elapsed / timed, 2),
+        "batch": B, "seq": T, "threads": a["threads"], "params": params,
+        "config": {"num_hidden_layers": a["layers"], "hidden_size": a["hidden"],
+                   "num_attention_heads": a["heads"], "intermediate_size": a["intermediate"],
+                   "vocab_size": a["vocab"], "rotary_pct": a["rotary_pct"]},
+        "steps_timed": timed,
+    }
+    if args.sinklm_json:
+        s = load_json_arg(args.sinklm_json)
+        out["sinklm_tokens_per_s"] = s.get("tokens_per_s")
+        out["sinklm_backend"] = s.get("backend")
+        if s.get("tokens_per_s"):
+            out["ratio_sinklm_over_pytorch"] = round(s["tokens_per_s"] / out["tokens_per_s"], 3)
+            print(f"sinklm ({s.get('backend')}) / pytorch = {out['ratio_sinklm_over_pytorch']}",
+                  file=sys.stderr)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
