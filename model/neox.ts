@@ -21,7 +21,10 @@ interface Geometry {
   kSin: tf.Tensor;
   /** Additive mask broadcastable to [B, H, n, L]. */
   bias: tf.Tensor;
+  onAttention?: AttentionProbe;
 }
+
+export type AttentionProbe = (layer: number, weights: tf.Tensor4D) => void;
 
 export class GPTNeoX {
   readonly config: NeoXConfig;
@@ -56,15 +59,19 @@ export class GPTNeoX {
     return tf.matMul(tf.cast(tf.oneHot(ids, table.shape[0]), 'float32'), table);
   }
 
-  /** Full causal forward: ids [B, T] -> logits [B*T, V]. */
-  forward(ids: tf.Tensor2D): tf.Tensor2D {
+  /**
+   * Full causal forward: ids [B, T] -> logits [B*T, V]. `onAttention` sees each layer's
+   * attention weights [B, H, T, T] (for the attention-sink statistics); in the sink modes
+   * softmax1 and logit a row sums to less than 1, the rest went to the implicit sink.
+   */
+  forward(ids: tf.Tensor2D, onAttention?: AttentionProbe): tf.Tensor2D {
     const [B, T] = ids.shape;
     if (T > this.config.max_position_embeddings) {
       throw new Error(`sequence of ${T} tokens exceeds max_position_embeddings ${this.config.max_position_embeddings}`);
     }
     const cos = tf.slice(this.rope.cos, [0, 0], [T, -1]);
     const sin = tf.slice(this.rope.sin, [0, 0], [T, -1]);
-    const geo: Geometry = { qCos: cos, qSin: sin, kCos: cos, kSin: sin, bias: this.causalBias(T) };
+    const geo: Geometry = { qCos: cos, qSin: sin, kCos: cos, kSin: sin, bias: this.causalBias(T), onAttention };
     return this.run(tf.reshape(ids, [B * T]) as tf.Tensor1D, B, T, geo);
   }
 
@@ -137,6 +144,7 @@ export class GPTNeoX {
     const scores = tf.add(tf.matMul(qr, kr, false, true), geo.bias);
     const sink = c.sink_mode === 'logit' ? tf.reshape(this.p(`${pre}.sinks`), [1, H, 1, 1]) : undefined;
     const w = attentionWeights(scores, c.sink_mode, sink);
+    geo.onAttention?.(layer, w as tf.Tensor4D);
     const ctx = tf.reshape(tf.transpose(tf.matMul(w, v), [0, 2, 1, 3]), [B * n, H * hd]) as tf.Tensor2D;
     return linear(ctx, this.p(`${pre}.dense.weight`), this.p(`${pre}.dense.bias`));
   }

@@ -1,0 +1,37 @@
+import type { CommandModule } from 'yargs';
+import { loadRunConfig } from '../../core/config.js';
+import { UserError } from '../../core/errors.js';
+import { train } from '../../train/trainer.js';
+import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+
+interface Args extends GlobalArgs {
+  config: string;
+  out?: string;
+  'max-steps'?: number;
+  resume: boolean;
+  json: boolean;
+}
+
+export const trainCommand: CommandModule<GlobalArgs, Args> = {
+  command: 'train',
+  describe: 'pre-train a model (prepares the data its config names when missing); Ctrl-C saves and stops',
+  builder: (y) =>
+    withJson(
+      y
+        .option('config', { type: 'string', demandOption: true, describe: 'run config (configs/*.json)' })
+        .option('out', { type: 'string', describe: 'output folder (default: train.out, else runs/<config name>)' })
+        .option('max-steps', { type: 'number', describe: 'stop after this step; the schedule still spans train.max_steps, so a later --resume continues the same run' })
+        .option('resume', { type: 'boolean', default: false, describe: 'continue from the newest complete checkpoint in the output folder' }),
+    ),
+  handler: (args) =>
+    runCommand(args, async () => {
+      const cfg = loadRunConfig(args.config);
+      const stopAt = args['max-steps'];
+      if (stopAt !== undefined && (!Number.isInteger(stopAt) || stopAt < 1)) throw new UserError('must be a positive integer', { field: '--max-steps' });
+      const r = await train(cfg, { out: args.out, stopAt, resume: args.resume, progress: args.json ? false : undefined });
+      if (args.json) return printJson(r);
+      process.stdout.write(
+        `${r.stopped === 'signal' ? 'interrupted' : 'done'}: step ${r.step}, loss ${r.loss?.toFixed(4) ?? '-'}, val loss ${r.valLoss?.toFixed(4) ?? '-'}, ${Math.round(r.tokensPerSecond)} tokens/s [${r.backend}] -> ${r.out}\n`,
+      );
+    }),
+};

@@ -1,0 +1,121 @@
+/**
+ * Streaming policies: how a model runs over a stream that never ends. Each is a small
+ * object fed one token at a time that returns the logits for the next one; the model does
+ * not know which policy runs.
+ *   sinks      S sink tokens + a ring of W recent ones, positions within the cache (StreamingLLM)
+ *   window     the last W only (sinks with S = 0)
+ *   dense      no eviction (grows without bound; only within the model's positions)
+ *   recompute  re-run the first S + last W tokens from scratch for every token (the paper's
+ *              "sliding window with re-computation": stable, quadratic per token)
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { UserError } from '../core/errors.js';
+import { headDim } from '../model/config.js';
+import type { GPTNeoX } from '../model/neox.js';
+import { DenseCache } from './cache/dense.js';
+import { SinkCache } from './cache/sinks.js';
+
+export const POLICIES = ['sinks', 'window', 'dense', 'recompute'] as const;
+export type PolicyName = (typeof POLICIES)[number];
+
+export interface CacheSpec {
+  sinks: number;
+  window: number;
+  /** As the user wrote it, normalised: "S+W". */
+  label: string;
+}
+
+/** Parses "S+W" (or "W" = "0+W"); bad strings are bad input naming the option. */
+export function parseCache(text: string, field = '--cache'): CacheSpec {
+  const m = /^\s*(?:(\d+)\s*\+\s*)?(\d+)\s*$/.exec(text);
+  if (!m) throw new UserError(`"${text}" is not a cache size; write S+W, e.g. 4+252 (S sink tokens + W recent tokens)`, { field });
+  const sinks = m[1] === undefined ? 0 : Number(m[1]);
+  const window = Number(m[2]);
+  if (sinks + window < 1) throw new UserError(`"${text}": S+W must be at least 1`, { field });
+  return { sinks, window, label: `${sinks}+${window}` };
+}
+
+/** Checks a cache against what the model can position and what the policy needs. */
+export function checkCache(spec: CacheSpec, policy: PolicyName, maxPositions: number, field = '--cache'): void {
+  if (policy === 'dense') return;
+  if (spec.window < 1) throw new UserError(`${spec.label}: W must be at least 1 (the current token is always kept)`, { field });
+  if (policy === 'window' && spec.sinks !== 0) throw new UserError(`${spec.label}: the window policy keeps no sinks; write 0+W or use --policy sinks`, { field });
+  if (spec.sinks + spec.window > maxPositions) {
+    throw new UserError(
+      `${spec.label}: S+W = ${spec.sinks + spec.window} is more than the model's ${maxPositions} positions (max_position_embeddings); StreamingLLM does not extend the context window`,
+      { field },
+    );
+  }
+}
+
+export interface StreamPolicy {
+  readonly name: PolicyName;
+  readonly spec: CacheSpec;
+  /** Feeds one token; returns the logits [1, V] for the next (the caller disposes them). */
+  feed(token: number): tf.Tensor2D;
+  /** Keys the last token attended to. */
+  readonly kvTokens: number;
+  dispose(): void;
+}
+
+class CachedPolicy implements StreamPolicy {
+  private seen = 0;
+  constructor(
+    readonly name: PolicyName,
+    readonly spec: CacheSpec,
+    private readonly model: GPTNeoX,
+    private readonly cache: DenseCache | SinkCache,
+  ) {}
+  feed(token: number): tf.Tensor2D {
+    if (this.name === 'dense' && this.seen >= this.model.config.max_position_embeddings) {
+      throw new UserError(
+        `dense attention cannot go past the model's ${this.model.config.max_position_embeddings} positions; cut the stream with --max-tokens`,
+        { field: '--policy dense' },
+      );
+    }
+    this.seen++;
+    return this.model.step([token], this.cache);
+  }
+  get kvTokens(): number {
+    return this.name === 'dense' ? this.cache.size : Math.min(this.seen, (this.cache as SinkCache).capacity);
+  }
+  dispose(): void {
+    this.cache.dispose();
+  }
+}
+
+class RecomputePolicy implements StreamPolicy {
+  readonly name = 'recompute' as const;
+  private readonly first: number[] = [];
+  private recent: number[] = [];
+  private last = 0;
+  constructor(
+    readonly spec: CacheSpec,
+    private readonly model: GPTNeoX,
+  ) {}
+  feed(token: number): tf.Tensor2D {
+    if (this.first.length < this.spec.sinks) this.first.push(token);
+    else {
+      this.recent.push(token);
+      if (this.recent.length > 2 * this.spec.window) this.recent = this.recent.slice(-this.spec.window);
+    }
+    const ids = [...this.first, ...this.recent.slice(-this.spec.window)];
+    this.last = ids.length;
+    return tf.tidy(() => {
+      const logits = this.model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'));
+      return tf.slice(logits, [ids.length - 1, 0], [1, -1]);
+    });
+  }
+  get kvTokens(): number {
+    return this.last;
+  }
+  dispose(): void {}
+}
+
+export function makePolicy(model: GPTNeoX, name: PolicyName, spec: CacheSpec): StreamPolicy {
+  const c = model.config;
+  if (name === 'recompute') return new RecomputePolicy(spec, model);
+  if (name === 'dense') return new CachedPolicy(name, spec, model, new DenseCache());
+  const shape = { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) };
+  return new CachedPolicy(name, spec, model, new SinkCache(spec.sinks, spec.window, shape));
+}

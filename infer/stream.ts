@@ -1,0 +1,94 @@
+/**
+ * Streaming perplexity, token by token: for every cache config, feed the stream through a
+ * policy and record the loss of predicting each next text token. Every model is scored on
+ * the same text tokens (the 2nd onwards), whether or not a sink token leads its stream.
+ */
+import { backendInfo } from '../core/backend.js';
+import { progressBar } from '../core/progress.js';
+import { checkCache, makePolicy, type CacheSpec, type PolicyName } from './policy.js';
+import type { LoadedCheckpoint } from './text.js';
+
+export interface StreamRow {
+  policy: PolicyName;
+  cache: string;
+  tokens: number;
+  ppl: number;
+  nll_mean: number;
+  ms_per_token: number;
+  kv_tokens_max: number;
+  rss_mb_max: number;
+  backend: string;
+}
+
+export interface StreamRun {
+  row: StreamRow;
+  /** NLL of each predicted token, in stream order. */
+  nll: Float64Array;
+}
+
+/** log-sum-exp(row) - row[target], in float64. */
+export function nllOf(logits: Float32Array, target: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+  return max + Math.log(sum) - logits[target]!;
+}
+
+export function streamEval(
+  ck: LoadedCheckpoint,
+  stream: { tokens: number[]; prefix: number },
+  policy: PolicyName,
+  spec: CacheSpec,
+  opts: { progress?: boolean; label?: string } = {},
+): StreamRun {
+  const model = ck.model;
+  checkCache(spec, policy, model.config.max_position_embeddings);
+  const { tokens, prefix } = stream;
+  // Predictions of text tokens 1..n-1: fed token t, predict t+1, from t = prefix on.
+  const first = prefix;
+  const count = tokens.length - 1 - first;
+  const nll = new Float64Array(count);
+  const p = makePolicy(model, policy, spec);
+  const bar = progressBar({ total: count, unit: 'tok', label: opts.label ?? `${policy} ${spec.label}`, enabled: opts.progress });
+  let kvMax = 0;
+  let rssMax = process.memoryUsage().rss;
+  let sum = 0;
+  const started = performance.now();
+  try {
+    for (let t = 0; t < tokens.length - 1; t++) {
+      const logits = p.feed(tokens[t]!);
+      kvMax = Math.max(kvMax, p.kvTokens);
+      if (t >= first) {
+        const v = nllOf(logits.dataSync() as Float32Array, tokens[t + 1]!);
+        nll[t - first] = v;
+        sum += v;
+      }
+      logits.dispose();
+      if ((t & 255) === 0) {
+        rssMax = Math.max(rssMax, process.memoryUsage().rss);
+        bar.update(Math.max(0, t - first), { ppl: t > first ? Math.exp(sum / (t - first + 1)).toFixed(2) : '-' });
+      }
+    }
+  } finally {
+    bar.stop();
+    p.dispose();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  rssMax = Math.max(rssMax, process.memoryUsage().rss);
+  const mean = sum / count;
+  return {
+    row: {
+      policy,
+      cache: spec.label,
+      tokens: count,
+      ppl: Math.exp(mean),
+      nll_mean: mean,
+      ms_per_token: (seconds * 1000) / (tokens.length - 1),
+      kv_tokens_max: kvMax,
+      rss_mb_max: rssMax / 2 ** 20,
+      backend: backendInfo().backend,
+    },
+    nll,
+  };
+}

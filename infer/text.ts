@@ -1,0 +1,61 @@
+/** From a checkpoint and a text file to the token stream a model sees. */
+import * as fs from 'node:fs';
+import { UserError } from '../core/errors.js';
+import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
+import { checkpointTokenizerPath, loadModel } from '../model/checkpoint.js';
+import type { GPTNeoX } from '../model/neox.js';
+
+export interface LoadedCheckpoint {
+  dir: string;
+  model: GPTNeoX;
+  tokenizer: TextTokenizer;
+}
+
+export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  const model = loadModel(dir);
+  const tokenizer = await loadTokenizer(checkpointTokenizerPath(dir));
+  const needed = tokenizer.vocabSize;
+  if (needed > model.config.vocab_size) {
+    model.dispose();
+    throw new UserError(`tokenizer.json has ${needed} tokens but the model only ${model.config.vocab_size} (config.json vocab_size): they do not belong together`, { file: dir });
+  }
+  const sink = model.config.sink_token_id;
+  if (model.config.sink_mode === 'token' && sink !== tokenizer.sinkTokenId) {
+    model.dispose();
+    throw new UserError(`config.json says sink_token_id ${sink} but tokenizer.json has <|sink|> at ${tokenizer.sinkTokenId}`, { file: dir });
+  }
+  return { dir, model, tokenizer };
+}
+
+export function readText(file: string): string {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UserError(code === 'ENOENT' ? 'text file not found' : `cannot read (${code})`, { file });
+  }
+  if (buf.includes(0)) throw new UserError('looks binary (contains NUL bytes); give a UTF-8 text file', { file });
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(buf);
+  } catch {
+    throw new UserError('is not valid UTF-8', { file });
+  }
+  if (!text.trim()) throw new UserError('is empty', { file });
+  return text;
+}
+
+/**
+ * The stream of a text for a model: its tokens, preceded by the sink token when the model
+ * was pre-trained with one (every sample began with it, so every stream does).
+ * `maxTextTokens` cuts the text, so every model sees the same text tokens.
+ */
+export function textStream(ck: LoadedCheckpoint, text: string, maxTextTokens?: number, file?: string): { tokens: number[]; prefix: number } {
+  let ids = ck.tokenizer.encode(text);
+  if (maxTextTokens !== undefined) ids = ids.slice(0, maxTextTokens);
+  if (ids.length < 2) throw new UserError(`gives ${ids.length} token(s); at least 2 are needed to measure anything`, { file });
+  const c = ck.model.config;
+  const prefix = c.sink_mode === 'token' ? [c.sink_token_id!] : [];
+  return { tokens: [...prefix, ...ids], prefix: prefix.length };
+}

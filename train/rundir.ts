@@ -1,0 +1,157 @@
+/**
+ * A training run's output folder, which is itself a checkpoint (HF files at the top, so
+ * `--checkpoint OUT` works), plus the training state and logs:
+ *
+ *   OUT/config.json, model.safetensors, tokenizer.json   newest weights (HF layout)
+ *   OUT/trainer_state.json                               step, sampler, optimizer t, hashes
+ *   OUT/run.json                                         the config and data manifest it was started with
+ *   OUT/metrics.jsonl, OUT/events.out.tfevents.*         logs (JSON lines, TensorBoard)
+ *   OUT/checkpoints/step-000500/                         last K complete checkpoints (+ optimizer.safetensors)
+ *   OUT/snapshots/step-000100/                           optional weight snapshots (sink emergence)
+ *
+ * Checkpoints are written into a temporary folder and renamed into place, so a kill at any
+ * moment leaves the previous checkpoint whole.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { UserError } from '../core/errors.js';
+import { fsyncDir, readJsonFile, writeFileAtomic } from '../core/fsutil.js';
+import { CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE } from '../model/checkpoint.js';
+
+export const STATE_FILE = 'trainer_state.json';
+export const OPTIMIZER_FILE = 'optimizer.safetensors';
+export const RUN_FILE = 'run.json';
+export const METRICS_FILE = 'metrics.jsonl';
+
+export interface TrainerState {
+  step: number;
+  tokens_seen: number;
+  optimizer_t: number;
+  sampler: unknown;
+  manifest_hash: string;
+  backend: string;
+  wall_seconds: number;
+  last_loss: number | null;
+  val_loss: number | null;
+}
+
+export function stepDirName(step: number): string {
+  return `step-${String(step).padStart(6, '0')}`;
+}
+
+/** Complete checkpoints (those with a state file), newest last. */
+export function listCheckpoints(out: string): { step: number; dir: string }[] {
+  const root = path.join(out, 'checkpoints');
+  if (!fs.existsSync(root)) return [];
+  return fs
+    .readdirSync(root)
+    .filter((n) => /^step-\d+$/.test(n) && fs.existsSync(path.join(root, n, STATE_FILE)))
+    .map((n) => ({ step: Number(n.slice(5)), dir: path.join(root, n) }))
+    .sort((a, b) => a.step - b.step);
+}
+
+export function readState(dir: string): TrainerState {
+  return readJsonFile(path.join(dir, STATE_FILE)) as TrainerState;
+}
+
+/**
+ * Writes a checkpoint folder atomically: `fill` writes the files into a temporary folder,
+ * which is then fsynced and renamed to checkpoints/step-N.
+ */
+export async function writeCheckpointDir(out: string, step: number, fill: (tmp: string) => Promise<void>): Promise<string> {
+  const root = path.join(out, 'checkpoints');
+  fs.mkdirSync(root, { recursive: true });
+  const final = path.join(root, stepDirName(step));
+  const tmp = path.join(root, `.${stepDirName(step)}.tmp-${process.pid}`);
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp);
+  await fill(tmp);
+  fsyncDir(tmp);
+  if (fs.existsSync(final)) fs.rmSync(final, { recursive: true, force: true });
+  fs.renameSync(tmp, final);
+  fsyncDir(root);
+  return final;
+}
+
+/** Copies a checkpoint's HF files and state to the top of OUT (each file atomically). */
+export function publishTop(out: string, ckptDir: string): void {
+  for (const f of [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, STATE_FILE]) {
+    const src = path.join(ckptDir, f);
+    if (fs.existsSync(src)) writeFileAtomic(path.join(out, f), fs.readFileSync(src));
+  }
+}
+
+export function pruneCheckpoints(out: string, keep: number): void {
+  const all = listCheckpoints(out);
+  for (const c of all.slice(0, Math.max(0, all.length - keep))) fs.rmSync(c.dir, { recursive: true, force: true });
+  // Leftovers of a run killed mid-save.
+  const root = path.join(out, 'checkpoints');
+  for (const n of fs.existsSync(root) ? fs.readdirSync(root) : []) {
+    if (n.startsWith('.step-') && !n.endsWith(`-${process.pid}`)) fs.rmSync(path.join(root, n), { recursive: true, force: true });
+  }
+}
+
+/** Keeps metrics lines up to `step` (a resumed run re-logs what came after its checkpoint). */
+export function truncateMetrics(out: string, step: number): void {
+  const file = path.join(out, METRICS_FILE);
+  if (!fs.existsSync(file)) return;
+  const kept = fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => {
+      if (!l.trim()) return false;
+      try {
+        return (JSON.parse(l) as { step: number }).step <= step;
+      } catch {
+        return false;
+      }
+    });
+  writeFileAtomic(file, kept.map((l) => l + '\n').join(''));
+}
+
+/**
+ * Compares the settings a checkpoint was trained with to the current ones; any
+ * difference that would change the run is bad input naming the field.
+ */
+export function checkSameRun(
+  saved: Record<string, unknown>,
+  current: Record<string, unknown>,
+  file: string,
+  prefix = '',
+): void {
+  for (const key of new Set([...Object.keys(saved), ...Object.keys(current)])) {
+    const a = saved[key];
+    const b = current[key];
+    const field = prefix ? `${prefix}.${key}` : key;
+    if (typeof a === 'object' && a && typeof b === 'object' && b && !Array.isArray(a)) {
+      checkSameRun(a as Record<string, unknown>, b as Record<string, unknown>, file, field);
+    } else if (JSON.stringify(a) !== JSON.stringify(b)) {
+      throw new UserError(
+        `the run in this folder was made with ${JSON.stringify(a)}, the config now says ${JSON.stringify(b)}; use another --out or restore the config`,
+        { file, field },
+      );
+    }
+  }
+}
+
+/** Refuses to write into a folder that holds something other than this run. */
+export function checkOutDir(out: string, resume: boolean): 'fresh' | 'resume' {
+  const hasRun = fs.existsSync(path.join(out, RUN_FILE));
+  if (resume) {
+    if (!hasRun || listCheckpoints(out).length === 0) {
+      throw new UserError('--resume: no complete checkpoint here to resume from', { file: out });
+    }
+    return 'resume';
+  }
+  if (hasRun) {
+    const ckpts = listCheckpoints(out);
+    throw new UserError(
+      `already holds a training run${ckpts.length ? ` (step ${ckpts.at(-1)!.step})` : ''}; pass --resume to continue it, or choose another --out`,
+      { file: out },
+    );
+  }
+  if (fs.existsSync(out) && fs.readdirSync(out).length > 0) {
+    throw new UserError('is not empty and holds no sinklm run; choose another --out', { file: out });
+  }
+  return 'fresh';
+}
