@@ -14,6 +14,7 @@
 // Plain Node ESM with built-ins only: it runs before anything is compiled.
 
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -491,6 +492,46 @@ function buildAddon(pkgDir) {
   log(`built ${path.relative(ROOT, addon)} (${secs()})`);
 }
 
+/**
+ * The compiled addon, cached per package version, N-API build, Node major, platform and exact
+ * library files, so a repeated npm ci skips the compile. --force always compiles afresh.
+ */
+function cachedAddon(pkgDir, lib) {
+  const pj = JSON.parse(fs.readFileSync(path.join(pkgDir, 'package.json'), 'utf8'));
+  const id = (f) => {
+    const st = fs.statSync(f);
+    return [fs.realpathSync(f), st.size, Math.round(st.mtimeMs)];
+  };
+  const key = createHash('sha256')
+    .update(
+      JSON.stringify([
+        pj.name,
+        pj.version,
+        process.platform,
+        process.arch,
+        process.versions.node.split('.')[0],
+        path.relative(pkgDir, addonPath(pkgDir)),
+        id(lib.tf),
+        id(lib.fw),
+        fs.readdirSync(lib.include).sort(),
+      ]),
+    )
+    .digest('hex')
+    .slice(0, 20);
+  return path.join(cacheDir(), 'addons', `${pj.name.replace('/', '+')}-${pj.version}-${key}`, path.basename(addonPath(pkgDir)));
+}
+
+function saveAddon(pkgDir, cached) {
+  try {
+    fs.mkdirSync(path.dirname(cached), { recursive: true });
+    const tmp = `${cached}.tmp-${process.pid}`;
+    fs.copyFileSync(addonPath(pkgDir), tmp);
+    fs.renameSync(tmp, cached);
+  } catch (e) {
+    log(`note: could not cache the built addon (${e.message})`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 function setupPackage(name, pkgDir, { gpu }) {
@@ -514,8 +555,21 @@ function setupPackage(name, pkgDir, { gpu }) {
   }
   const lib = obtainLibrary();
   populateDeps(pkgDir, lib);
+  const cached = cachedAddon(pkgDir, lib);
+  if (!FORCE && fs.existsSync(cached)) {
+    const addon = addonPath(pkgDir);
+    fs.mkdirSync(path.dirname(addon), { recursive: true });
+    fs.copyFileSync(cached, addon);
+    const p = probe(pkgDir);
+    if (p.ok) {
+      log(`${name} ready with the addon cached for this library: native TensorFlow ${p.tf ?? '?'} (${secs()})`);
+      return p;
+    }
+    log(`the cached addon does not load (${String(p.error).slice(0, 120)}); compiling instead`);
+  }
   buildAddon(pkgDir);
   const p = probe(pkgDir);
+  if (p.ok) saveAddon(pkgDir, cached);
   if (!p.ok) {
     throw new SetupError(`the addon was built but ${name} still does not load`, {
       detail: [p.error, ...tail(p.output, 10)],
