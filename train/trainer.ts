@@ -51,6 +51,8 @@ export interface TrainOptions {
   log?: (line: string) => void;
   /** Handle SIGINT/SIGTERM by saving and returning (default true). */
   handleSignals?: boolean;
+  /** Called after every optimizer step (tests use it to watch memory). */
+  onStep?: (step: number) => void;
 }
 
 export interface TrainResult {
@@ -236,6 +238,8 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     const optState = await opt.state();
     const dir = await writeCheckpointDir(out, step, async (tmp) => {
       await saveModel(tmp, model, { tokenizerPath: prep.tokenizer.path, weights });
+      // Fault injection for the crash-safety test: die half-way through a save.
+      if (process.env.SINKLM_TEST_CRASH_IN_SAVE === String(step)) process.kill(process.pid, 'SIGKILL');
       writeSafetensors(path.join(tmp, OPTIMIZER_FILE), optState);
       writeFileAtomic(path.join(tmp, STATE_FILE), JSON.stringify(trainerState, null, 2) + '\n');
     });
@@ -280,6 +284,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
       tokensSeen += tokensPerStep;
       intervalTokens += tokensPerStep;
       pending.push({ step, loss: loss!, lr });
+      opts.onStep?.(step);
 
       if (step % t.log_every === 0 || step === endStep) flushLogs();
       else bar.update(step, {});

@@ -1,0 +1,135 @@
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parseRunConfig, type RunConfig } from '../core/config.js';
+import { UserError } from '../core/errors.js';
+import { loadModel } from '../model/checkpoint.js';
+import { learningRate } from '../train/schedule.js';
+import { train } from '../train/trainer.js';
+import { numTensors, testBackend } from './helpers.js';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sinklm-train-'));
+const dataDir = path.join(tmp, 'data');
+
+function config(over: { train?: Record<string, unknown>; model?: Record<string, unknown> } = {}): RunConfig {
+  const file = path.join(tmp, 'cfg.json');
+  return parseRunConfig(
+    {
+      name: 'tiny',
+      model: { hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, rotary_pct: 0.5, ...over.model },
+      data: { corpus: 'sotu', max_documents: 12, tokenizer: { vocab_size: 300 }, validation_frac: 0.15, test_frac: 0.15, dir: dataDir },
+      train: { seq_len: 32, batch_size: 4, max_steps: 20, lr: 3e-3, log_every: 1, eval_every: 10, eval_batches: 1, ckpt_every: 10, ...over.train },
+    },
+    file,
+  );
+}
+
+function losses(out: string): Map<number, number> {
+  const m = new Map<number, number>();
+  for (const l of fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').split('\n')) {
+    if (!l) continue;
+    const r = JSON.parse(l) as { step: number; loss?: number };
+    if (r.loss !== undefined) m.set(r.step, r.loss);
+  }
+  return m;
+}
+
+const quiet = { progress: false, log: () => {}, handleSignals: false };
+
+beforeAll(async () => {
+  await testBackend();
+});
+
+describe('learning-rate schedule', () => {
+  const o = { lr: 1e-3, totalSteps: 1000, warmupFrac: 0.01, minLrRatio: 0.1 };
+  it('warms up linearly over 1%, then follows the cosine to 0.1x', () => {
+    expect(learningRate(1, o)).toBeCloseTo(1e-4, 12);
+    expect(learningRate(10, o)).toBeCloseTo(1e-3, 12);
+    for (const s of [10, 200, 505, 800, 1000]) {
+      const p = (s - 10) / 990;
+      expect(learningRate(s, o)).toBeCloseTo(1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + Math.cos(Math.PI * p)), 12);
+    }
+    expect(learningRate(1000, o)).toBeCloseTo(1e-4, 12);
+  });
+});
+
+describe('training', () => {
+  it('loss falls on the smoke corpus', async () => {
+    const out = path.join(tmp, 'falls');
+    await train(config({ train: { max_steps: 40, lr: 1e-2 } }), { ...quiet, out });
+    const l = losses(out);
+    const early = (l.get(1)! + l.get(2)! + l.get(3)!) / 3;
+    const late = (l.get(38)! + l.get(39)! + l.get(40)!) / 3;
+    expect(late).toBeLessThan(early - 0.5);
+  });
+
+  it('resume after 10 of 20 steps gives bit-identical losses for steps 11-20', async () => {
+    const a = path.join(tmp, 'straight');
+    const b = path.join(tmp, 'split');
+    await train(config(), { ...quiet, out: a });
+    const first = await train(config(), { ...quiet, out: b, stopAt: 10 });
+    expect(first.stopped).toBe('stop-at');
+    await train(config(), { ...quiet, out: b, resume: true });
+    const la = losses(a);
+    const lb = losses(b);
+    for (let s = 1; s <= 20; s++) expect(lb.get(s)).toBe(la.get(s));
+  });
+
+  it('refuses a resume whose config changed, and an output folder that holds a run', async () => {
+    const out = path.join(tmp, 'straight');
+    const err = await train(config({ train: { lr: 5e-3 } }), { ...quiet, out, resume: true }).catch((e) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).line()).toMatch(/train\.lr/);
+    await expect(train(config(), { ...quiet, out })).rejects.toThrow(UserError);
+  });
+
+  it('a NaN loss stops the run with a clear error and writes no NaN checkpoint', async () => {
+    const out = path.join(tmp, 'nan');
+    const err = await train(config({ train: { lr: 1e30, warmup_frac: 0, max_steps: 20, ckpt_every: 3, grad_clip: 0 } }), { ...quiet, out }).catch((e) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect(String(err.message)).toMatch(/loss became/);
+    for (const d of fs.existsSync(path.join(out, 'checkpoints')) ? fs.readdirSync(path.join(out, 'checkpoints')) : []) {
+      const st = JSON.parse(fs.readFileSync(path.join(out, 'checkpoints', d, 'trainer_state.json'), 'utf8'));
+      expect(Number.isFinite(st.last_loss)).toBe(true);
+    }
+  });
+
+  it('the tensor count is the same after step 10 and step 1000', async () => {
+    const out = path.join(tmp, 'memory');
+    // Losses wait on the device until a log line: compare steps with as many waiting.
+    const counts = new Map<number, number>();
+    await train(config({ model: { hidden_size: 8, num_hidden_layers: 1, intermediate_size: 16 }, train: { seq_len: 8, batch_size: 2, max_steps: 1000, log_every: 10, eval_every: 500, ckpt_every: 500 } }), {
+      ...quiet,
+      out,
+      onStep: (s) => {
+        if (s === 10 || s === 1000) counts.set(s, numTensors());
+      },
+    });
+    expect(counts.get(1000)).toBe(counts.get(10));
+  });
+
+  it('SIGKILL in the middle of a save leaves the previous checkpoint loadable and resumable', () => {
+    const out = path.join(tmp, 'killed');
+    const cfgFile = path.join(tmp, 'killed.json');
+    const c = config();
+    fs.writeFileSync(cfgFile, JSON.stringify({ name: 'tiny', model: c.model, data: c.data, train: c.train }));
+    const bin = path.join(ROOT, 'bin', 'sinklm');
+    const r = spawnSync(process.execPath, [bin, 'train', '--config', cfgFile, '--out', out], {
+      env: { ...process.env, SINKLM_TEST_CRASH_IN_SAVE: '20' },
+      encoding: 'utf8',
+    });
+    expect(r.signal).toBe('SIGKILL');
+    const root = path.join(out, 'checkpoints');
+    expect(fs.readdirSync(root).some((n) => n.startsWith('.step-000020'))).toBe(true);
+    expect(fs.existsSync(path.join(root, 'step-000020'))).toBe(false);
+    const m = loadModel(path.join(root, 'step-000010'));
+    m.dispose();
+    const again = spawnSync(process.execPath, [bin, 'train', '--config', cfgFile, '--out', out, '--resume'], { encoding: 'utf8' });
+    expect(again.status, again.stderr).toBe(0);
+    expect(fs.existsSync(path.join(root, 'step-000020', 'trainer_state.json'))).toBe(true);
+    expect(fs.readdirSync(root).some((n) => n.startsWith('.step-'))).toBe(false);
+  });
+});
