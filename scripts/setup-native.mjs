@@ -545,10 +545,10 @@ function setupPackage(name, pkgDir, { gpu }) {
     log(`${name} is installed but does not load yet (${why}); setting it up`);
   }
   if (gpu && !process.env.SINKLM_LIBTENSORFLOW) {
-    throw new SetupError(`${name} is installed but cannot load: it needs the GPU build of libtensorflow`, {
+    throw new SetupError('it needs the GPU build of libtensorflow, which sinklm does not fetch', {
       detail: [
-        `${name}@4.22.0 wants libtensorflow 2.9.1 built for GPU with CUDA 11.2 + cuDNN 8.1 (on CUDA 12 it`,
-        'cannot load libcudart.so.11.0). sinklm does not fetch a GPU library itself.',
+        `${name}@4.22.0 wants libtensorflow 2.9.1 built for GPU with CUDA 11.2 + cuDNN 8.1`,
+        '(on CUDA 12 systems it cannot load libcudart.so.11.0 and runs on the CPU).',
       ],
       hint: 'unpack libtensorflow-gpu-linux-x86_64-2.9.1.tar.gz, set SINKLM_LIBTENSORFLOW=<that directory>, run npm run setup-native',
     });
@@ -580,7 +580,7 @@ function setupPackage(name, pkgDir, { gpu }) {
   return p;
 }
 
-function explain(name, e, pkgDir) {
+function explain(name, e, pkgDir, { cpuNative = false } = {}) {
   // A failed --force rebuild that stopped before touching deps/ leaves a working build.
   const still = FORCE && pkgDir ? probe(pkgDir) : undefined;
   const lines = [
@@ -591,8 +591,12 @@ function explain(name, e, pkgDir) {
   ];
   if (e.hint) lines.push(`  hint: ${e.hint}`);
   if (!(e instanceof SetupError)) lines.push(...tail(e.stack, 8));
-  if (still?.ok) {
-    lines.push(`  The existing build still loads (TensorFlow ${still.tf ?? '?'}) and stays in use.`);
+  if (still?.ok || cpuNative) {
+    lines.push(
+      still?.ok
+        ? `  The existing build still loads (TensorFlow ${still.tf ?? '?'}) and stays in use.`
+        : `  sinklm uses native TensorFlow through ${CPU_PKG} (CPU) meanwhile.`,
+    );
     process.stderr.write(`${lines.join('\n')}\n`);
     return;
   }
@@ -632,8 +636,7 @@ function main() {
     try {
       setupPackage(GPU_PKG, gpuDir, { gpu: true });
     } catch (e) {
-      explain(GPU_PKG, e, gpuDir);
-      if (cpuOk) log(`sinklm will use ${CPU_PKG} (CPU) meanwhile`);
+      explain(GPU_PKG, e, gpuDir, { cpuNative: cpuOk });
     }
   }
 }
