@@ -42,7 +42,7 @@ export function corpusFiles(spec: string): string[] {
     return [abs];
   }
   const files = (fs.readdirSync(abs, { recursive: true }) as string[])
-    .filter((f) => EXTENSIONS.includes(path.extname(f).toLowerCase()) && !path.basename(f).startsWith('.'))
+    .filter((f) => EXTENSIONS.includes(path.extname(f).toLowerCase()) && !f.split(path.sep).some((part) => part.startsWith('.')))
     .map((f) => path.join(abs, f))
     .filter((f) => fs.statSync(f).isFile())
     .sort();
