@@ -474,7 +474,10 @@ function buildAddon(pkgDir) {
   } catch {
     throw new SetupError('@mapbox/node-pre-gyp (a dependency of tfjs-node) is not installed');
   }
-  fs.rmSync(path.join(pkgDir, 'build'), { recursive: true, force: true });
+  // Stale objects from an earlier build (node-pre-gyp builds in build-tmp-napi-vN) must not be reused.
+  for (const d of fs.readdirSync(pkgDir)) {
+    if (d === 'build' || d.startsWith('build-tmp-napi-v')) fs.rmSync(path.join(pkgDir, d), { recursive: true, force: true });
+  }
   fs.rmSync(path.dirname(addonPath(pkgDir)), { recursive: true, force: true });
   log(`compiling the addon (node-pre-gyp install --build-from-source; ~20 s)`);
   const r = run(process.execPath, [preGyp, 'install', '--build-from-source'], {
