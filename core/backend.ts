@@ -50,6 +50,8 @@ function probeNative(): NativeProbe {
   if (process.env.SINKLM_NO_NATIVE && process.env.SINKLM_NO_NATIVE !== '0') {
     return (nativeProbe = { ok: false, error: 'hidden by SINKLM_NO_NATIVE' });
   }
+  // TensorFlow's C++ start-up chatter (oneDNN, CPU features) is not for our users' stderr.
+  process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
   const errors: string[] = [];
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
     try {
@@ -64,7 +66,16 @@ function probeNative(): NativeProbe {
   return (nativeProbe = { ok: false, error: errors.join('; ') || 'package not installed' });
 }
 
+/**
+ * tfjs-core's Node entry registers no gradients; @tensorflow/tfjs does (tfjs-node loads it).
+ * tfjs-node is optional and training must work on wasm/cpu without it, so load it here.
+ */
+function ensureGradients(): void {
+  if (!tf.getGradient('BatchMatMul')) require('@tensorflow/tfjs');
+}
+
 async function activate(name: BackendName): Promise<void> {
+  ensureGradients();
   if (name === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
   if (name === 'cpu') await import('@tensorflow/tfjs-backend-cpu');
   const ok = await tf.setBackend(name);
