@@ -103,7 +103,7 @@ def main():
     t0 = None
     for step in range(a["steps"]):
         if step == a["warmup"]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
         x = torch.randint(0, a["vocab"], (B, T), generator=g)
         loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
         opt.zero_grad(set_to_none=True)
@@ -112,6 +112,7 @@ def main():
         opt.step()
         print(f"step {step}: loss {loss.item():.4f}", file=sys.stderr)
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     timed = a["steps"] - a["warmup"]
 
     out = {
@@ -124,6 +125,10 @@ def main():
                    "num_attention_heads": a["heads"], "intermediate_size": a["intermediate"],
                    "vocab_size": a["vocab"], "rotary_pct": a["rotary_pct"]},
         "steps_timed": timed,
+        # CPU seconds used / (wall seconds x threads): well below 1 means other processes
+        # took the cores and the figure understates PyTorch; rerun on an idle machine.
+        "cpu_utilization": round(cpu / (elapsed * a["threads"]), 2),
+        "loadavg_1min": os.getloadavg()[0],
     }
     if args.sinklm_json:
         s = load_json_arg(args.sinklm_json)
