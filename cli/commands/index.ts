@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import type { GlobalArgs } from '../common.js';
 import { doctor } from './doctor.js';
+import { generateCommand } from './generate.js';
 import { prepare } from './prepare.js';
 import { scoreCommand } from './score.js';
 import { streamEvalCommand } from './stream-eval.js';
@@ -8,4 +9,4 @@ import { trainCommand } from './train.js';
 
 // One module per command; each only parses its options and calls the library.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand];
+export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand, generateCommand];

@@ -1,0 +1,66 @@
+import * as fs from 'node:fs';
+import type { CommandModule } from 'yargs';
+import { UserError } from '../../core/errors.js';
+import { generate, parsePrompts, readPrompts } from '../../infer/generate.js';
+import { parseCache } from '../../infer/policy.js';
+import { checkSampling, type SamplingOptions } from '../../infer/sampling.js';
+import { loadCheckpoint } from '../../infer/text.js';
+import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+
+interface Args extends GlobalArgs {
+  checkpoint: string;
+  cache: string;
+  prompts?: string;
+  'max-new-tokens': number;
+  temperature: number;
+  'top-k': number;
+  'top-p': number;
+  seed: number;
+  json: boolean;
+}
+
+export const generateCommand: CommandModule<GlobalArgs, Args> = {
+  command: 'generate',
+  describe: 'multi-round streaming generation over one sinks cache that is never reset (StreamingLLM streaming chat)',
+  builder: (y) =>
+    withJson(
+      y
+        .option('checkpoint', { type: 'string', demandOption: true, describe: 'checkpoint directory' })
+        .option('cache', { type: 'string', demandOption: true, describe: 'S+W: S initial (sink) tokens + W recent tokens, e.g. 4+252' })
+        .option('prompts', { type: 'string', describe: 'user turns: one per line, or JSON lines with a "prompt" (or "text") field; default: stdin lines' })
+        .option('max-new-tokens', { type: 'number', default: 64, describe: 'most tokens sampled per round (a round also stops at the eos token)' })
+        .option('temperature', { type: 'number', default: 1, describe: '0 = greedy' })
+        .option('top-k', { type: 'number', default: 0, describe: 'sample from the k most likely tokens only (0 = all)' })
+        .option('top-p', { type: 'number', default: 1, describe: 'nucleus: sample from the most likely tokens holding this probability (1 = all)' })
+        .option('seed', { type: 'number', default: 0, describe: 'sampling seed: the same seed, model and prompts give the same text' }),
+    ),
+  handler: (args) =>
+    runCommand(args, async () => {
+      for (const o of ['checkpoint', 'cache', 'prompts'] as const) if (Array.isArray(args[o])) throw new UserError('give it once', { field: `--${o}` });
+      const cache = parseCache(String(args.cache));
+      const sampling: SamplingOptions = { temperature: args.temperature, topK: args['top-k'], topP: args['top-p'], seed: args.seed };
+      checkSampling(sampling);
+      const maxNew = args['max-new-tokens'];
+      if (!Number.isInteger(maxNew) || maxNew < 0) throw new UserError('must be a whole number >= 0', { field: '--max-new-tokens' });
+      const prompts = args.prompts !== undefined ? readPrompts(args.prompts) : parsePrompts(fs.readFileSync(0, 'utf8'), 'stdin');
+      const ck = await loadCheckpoint(args.checkpoint);
+      try {
+        const out = (s: string) => process.stdout.write(s);
+        const r = await generate(ck, prompts, { cache, maxNewTokens: maxNew, sampling, progress: args.json ? undefined : false }, args.json
+          ? undefined
+          : (text, { round, kind }) => out(kind === 'prompt' ? `${round ? '\n\n' : ''}USER: ${text}\nASSISTANT: ` : text));
+        if (args.json) {
+          printJson({ rounds: r.rounds, kv_tokens_max: r.kv_tokens_max, cache: r.cache, tokens_fed: r.tokens_fed, backend: r.backend });
+          return;
+        }
+        out('\n');
+        const sampled = r.rounds.reduce((a, x) => a + x.tokens, 0);
+        const ms = r.rounds.reduce((a, x) => a + x.ms_per_token * x.tokens, 0) / Math.max(1, sampled);
+        process.stderr.write(
+          `${r.rounds.length} rounds, ${sampled} tokens sampled, ${r.tokens_fed} through the model, ${ms.toFixed(2)} ms/token, kv ${r.kv_tokens_max} (cache ${r.cache}) [${r.backend}]\n`,
+        );
+      } finally {
+        ck.model.dispose();
+      }
+    }),
+};
