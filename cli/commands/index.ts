@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import type { GlobalArgs } from '../common.js';
+import { attentionCommand } from './attention.js';
 import { doctor } from './doctor.js';
 import { generateCommand } from './generate.js';
 import { prepare } from './prepare.js';
@@ -9,4 +10,4 @@ import { trainCommand } from './train.js';
 
 // One module per command; each only parses its options and calls the library.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand, generateCommand];
+export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand, generateCommand, attentionCommand];
