@@ -130,12 +130,21 @@ function feed(policy: StreamPolicy, token: number): Float32Array {
   }
 }
 
-export async function generate(ck: LoadedCheckpoint, prompts: string[], opts: GenerateOptions, onText?: OnText): Promise<GenerateResult> {
+/**
+ * Runs the conversation. `prompts` may be an async iterable (e.g. lines typed at a
+ * terminal): each turn is answered before the next one is read.
+ */
+export async function generate(
+  ck: LoadedCheckpoint,
+  prompts: Iterable<string> | AsyncIterable<string>,
+  opts: GenerateOptions,
+  onText?: OnText,
+): Promise<GenerateResult> {
   const { model, tokenizer } = ck;
   const c = model.config;
   checkCache(opts.cache, 'sinks', c.max_position_embeddings);
   if (!Number.isInteger(opts.maxNewTokens) || opts.maxNewTokens < 0) throw new UserError('must be a whole number >= 0', { field: '--max-new-tokens' });
-  if (prompts.length === 0) throw new UserError('no prompts given', { field: '--prompts' });
+  if (Array.isArray(prompts) && prompts.length === 0) throw new UserError('no prompts given', { field: '--prompts' });
   const sampler = makeSampler(opts.sampling);
   const eos = opts.stopAtEos === false ? null : tokenizer.eosTokenId;
   const separator = opts.separator ?? DEFAULT_SEPARATOR;
@@ -145,7 +154,8 @@ export async function generate(ck: LoadedCheckpoint, prompts: string[], opts: Ge
   for (let id = tokenizer.vocabSize; id < c.vocab_size; id++) banned.push(id);
   if (tokenizer.sinkTokenId < tokenizer.vocabSize) banned.push(tokenizer.sinkTokenId);
   const policy = makePolicy(model, 'sinks', opts.cache);
-  const bar = progressBar({ total: prompts.length, unit: 'round', label: `generate ${opts.cache.label}`, enabled: opts.progress });
+  const total = Array.isArray(prompts) ? prompts.length : 0;
+  const bar = progressBar({ total, unit: 'round', label: `generate ${opts.cache.label}`, enabled: total > 0 && opts.progress });
   const rounds: GenerateRound[] = [];
   let kvMax = 0;
   let fed = 0;
@@ -158,8 +168,9 @@ export async function generate(ck: LoadedCheckpoint, prompts: string[], opts: Ge
   try {
     // A sink-token model saw its sink token at the start of every sample: once per stream.
     let logits: Float32Array | null = c.sink_mode === 'token' ? step(c.sink_token_id!) : null;
-    for (let r = 0; r < prompts.length; r++) {
-      const prompt = prompts[r]!;
+    let r = -1;
+    for await (const prompt of prompts) {
+      r++;
       onText?.(prompt, { round: r, kind: 'prompt' });
       const ids = tokenizer.encode(r === 0 ? prompt : separator + prompt);
       if (ids.length === 0) throw new UserError(`prompt ${r + 1} gives no tokens`, { field: '--prompts' });
@@ -185,6 +196,7 @@ export async function generate(ck: LoadedCheckpoint, prompts: string[], opts: Ge
       // Lets a pending signal or a slow stdout through between rounds.
       await new Promise((resolve) => setImmediate(resolve));
     }
+    if (r < 0) throw new UserError('no prompts given', { field: '--prompts' });
   } finally {
     bar.stop();
     policy.dispose();

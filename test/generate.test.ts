@@ -236,6 +236,24 @@ describe('generate', () => {
     ck.model.dispose();
   });
 
+  it('takes turns from an async iterable, answering each before the next is read (a chat)', async () => {
+    const ck = checkpointOf();
+    const log: string[] = [];
+    async function* turns() {
+      for (const p of ['abc', 'de', 'fgh']) {
+        log.push(`read ${p}`);
+        yield p;
+      }
+    }
+    const r = await generate(ck, turns(), opts('2+10', { maxNewTokens: 2 }), (_, { round, kind }) => {
+      if (kind === 'completion' && log[log.length - 1] !== `reply ${round}`) log.push(`reply ${round}`);
+    });
+    expect(log).toEqual(['read abc', 'reply 0', 'read de', 'reply 1', 'read fgh', 'reply 2']);
+    expect(r.rounds).toHaveLength(3);
+    await expect(generate(ck, (async function* () {})(), opts('2+10'))).rejects.toThrow(UserError);
+    ck.model.dispose();
+  });
+
   it('stops a round at the eos token, which still goes into the cache', async () => {
     const ck = checkpointOf();
     // Call the greedy first reply token "eos": the round ends right after it.

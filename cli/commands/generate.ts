@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
+import * as readline from 'node:readline';
 import type { CommandModule } from 'yargs';
 import { UserError } from '../../core/errors.js';
-import { generate, parsePrompts, readPrompts } from '../../infer/generate.js';
+import { generate, parsePrompts, readPrompts, type OnText } from '../../infer/generate.js';
 import { parseCache } from '../../infer/policy.js';
 import { checkSampling, type SamplingOptions } from '../../infer/sampling.js';
 import { loadCheckpoint } from '../../infer/text.js';
@@ -27,7 +28,7 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       y
         .option('checkpoint', { type: 'string', demandOption: true, describe: 'checkpoint directory' })
         .option('cache', { type: 'string', demandOption: true, describe: 'S+W: S initial (sink) tokens + W recent tokens, e.g. 4+252' })
-        .option('prompts', { type: 'string', describe: 'user turns: one per line, or JSON lines with a "prompt" (or "text") field; default: stdin lines' })
+        .option('prompts', { type: 'string', describe: 'user turns: one per line, or JSON lines with a "prompt" (or "text") field; default: stdin lines (at a terminal, a chat until Ctrl-D)' })
         .option('max-new-tokens', { type: 'number', default: 64, describe: 'most tokens sampled per round (a round also stops at the eos token)' })
         .option('temperature', { type: 'number', default: 1, describe: '0 = greedy' })
         .option('top-k', { type: 'number', default: 0, describe: 'sample from the k most likely tokens only (0 = all)' })
@@ -42,13 +43,18 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       checkSampling(sampling);
       const maxNew = args['max-new-tokens'];
       if (!Number.isInteger(maxNew) || maxNew < 0) throw new UserError('must be a whole number >= 0', { field: '--max-new-tokens' });
-      const prompts = args.prompts !== undefined ? readPrompts(args.prompts) : parsePrompts(fs.readFileSync(0, 'utf8'), 'stdin');
+      const out = (s: string) => process.stdout.write(s);
+      // At a terminal it is a chat: each line typed is a turn, answered before the next is read.
+      const chat = args.prompts === undefined && process.stdin.isTTY === true && !args.json;
+      const prompts =
+        args.prompts !== undefined ? readPrompts(args.prompts) : chat ? terminalTurns(out) : parsePrompts(fs.readFileSync(0, 'utf8'), 'stdin');
       const ck = await loadCheckpoint(args.checkpoint);
       try {
-        const out = (s: string) => process.stdout.write(s);
-        const r = await generate(ck, prompts, { cache, maxNewTokens: maxNew, sampling, progress: args.json ? undefined : false }, args.json
-          ? undefined
-          : (text, { round, kind }) => out(kind === 'prompt' ? `${round ? '\n\n' : ''}USER: ${text}\nASSISTANT: ` : text));
+        const onText: OnText = (text, { round, kind }) => {
+          if (kind === 'completion') out(text);
+          else out(chat ? 'ASSISTANT: ' : `${round ? '\n\n' : ''}USER: ${text}\nASSISTANT: `);
+        };
+        const r = await generate(ck, prompts, { cache, maxNewTokens: maxNew, sampling, progress: args.json ? undefined : false }, args.json ? undefined : onText);
         if (args.json) {
           printJson({ rounds: r.rounds, kv_tokens_max: r.kv_tokens_max, cache: r.cache, tokens_fed: r.tokens_fed, backend: r.backend });
           return;
@@ -64,3 +70,19 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       }
     }),
 };
+
+/** Lines typed at the terminal, one turn each, until Ctrl-D. */
+async function* terminalTurns(out: (s: string) => void): AsyncGenerator<string> {
+  const rl = readline.createInterface({ input: process.stdin, terminal: false });
+  const lines = rl[Symbol.asyncIterator]();
+  try {
+    for (let first = true; ; first = false) {
+      out(first ? 'USER: ' : '\n\nUSER: ');
+      const next = await lines.next();
+      if (next.done) return;
+      if (next.value.trim()) yield next.value;
+    }
+  } finally {
+    rl.close();
+  }
+}
