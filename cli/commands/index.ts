@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import type { GlobalArgs } from '../common.js';
+import { ablateCommand } from './ablate.js';
 import { attentionCommand } from './attention.js';
 import { doctor } from './doctor.js';
 import { generateCommand } from './generate.js';
@@ -7,7 +8,8 @@ import { prepare } from './prepare.js';
 import { scoreCommand } from './score.js';
 import { streamEvalCommand } from './stream-eval.js';
 import { trainCommand } from './train.js';
+import { validateCommand } from './validate.js';
 
 // One module per command; each only parses its options and calls the library.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand, generateCommand, attentionCommand];
+export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand, generateCommand, attentionCommand, ablateCommand, validateCommand];

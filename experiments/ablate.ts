@@ -1,0 +1,190 @@
+/**
+ * The ablation that tests the paper's claim: the same model, data, seed and budget in each
+ * sink mode (only model.sink_mode differs), trained (or reused, or resumed), then streamed
+ * over the held-out test text under the Table-3 caches, with dense and recompute as
+ * references, validation loss, attention-sink statistics and their emergence over steps.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { RunConfig, SinkMode } from '../core/config.js';
+import { writeFileAtomic } from '../core/fsutil.js';
+import { prepareData } from '../data/prepare.js';
+import { attentionStats, attentionTokens, type AttentionStats } from '../infer/attention.js';
+import { loadCheckpoint, readText } from '../infer/text.js';
+import { CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE } from '../model/checkpoint.js';
+import { listCheckpoints, METRICS_FILE, readState, STATE_FILE } from '../train/rundir.js';
+import { train } from '../train/trainer.js';
+import { evaluateGrid, gridCaches, verdicts, type GridCell, type GridSpec, type Verdict } from './grid.js';
+import { writeReport } from './report.js';
+
+export interface VariantSummary {
+  name: string;
+  sink_mode: SinkMode;
+  dir: string;
+  steps: number;
+  tokens_seen: number;
+  val_loss: number | null;
+  train_seconds: number;
+  attention: AttentionStats;
+  /** Sink metric at each weight snapshot taken during training. */
+  emergence: { step: number; first: number; implicit_sink: number | null; mean_first: number }[];
+  metrics: { step: number; loss?: number; val_loss?: number }[];
+}
+
+export interface AblationResult {
+  config: string;
+  created: string;
+  backend: string;
+  spec: GridSpec;
+  caches: string[];
+  grid: GridCell[];
+  verdicts: Verdict[];
+  variants: VariantSummary[];
+  curves: { model: string; cache: string; policy: string; nll: number[] }[];
+  out: string;
+}
+
+export function variantConfig(cfg: RunConfig, mode: SinkMode): RunConfig {
+  const base = (cfg.name ?? 'ablate').replace(/-(none|token|softmax1|logit)$/, '');
+  return { ...cfg, name: `${base}-${mode}`, model: { ...cfg.model, sink_mode: mode } };
+}
+
+export function ablateRoot(cfg: RunConfig, out?: string): string {
+  return path.resolve(out ?? cfg.ablate.out ?? path.join('runs', (cfg.name ?? 'ablate').replace(/-(none|token|softmax1|logit)$/, '')));
+}
+
+export function gridSpec(cfg: RunConfig): GridSpec {
+  const window = cfg.ablate.window ?? Math.floor(cfg.train.seq_len / 2);
+  return { window, initial: cfg.ablate.initial, maxTokens: cfg.ablate.max_tokens ?? 20 * window };
+}
+
+function readMetrics(dir: string): VariantSummary['metrics'] {
+  const file = path.join(dir, METRICS_FILE);
+  if (!fs.existsSync(file)) return [];
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as VariantSummary['metrics'][number]);
+}
+
+function meanFirst(s: AttentionStats): number {
+  const all = s.layers.flatMap((l) => l.heads.map((h) => h.first));
+  return all.reduce((a, b) => a + b, 0) / all.length;
+}
+
+/** Trains what is missing: finished variants are reused, interrupted ones resumed. */
+export async function trainVariants(cfg: RunConfig, root: string, log: (l: string) => void, progress?: boolean): Promise<void> {
+  for (const mode of cfg.ablate.variants) {
+    const dir = path.join(root, mode);
+    const last = listCheckpoints(dir).at(-1);
+    const done = last && readState(last.dir).step >= cfg.train.max_steps;
+    if (done) {
+      log(`ablate: ${mode}: trained (step ${cfg.train.max_steps}), reusing ${dir}`);
+      continue;
+    }
+    log(`ablate: ${mode}: ${last ? `resuming from step ${last.step}` : 'training'} -> ${dir}`);
+    await train(variantConfig(cfg, mode), { out: dir, resume: !!last, progress, log });
+  }
+}
+
+export async function ablate(
+  cfg: RunConfig,
+  opts: { out?: string; progress?: boolean; log?: (l: string) => void; skipTraining?: boolean } = {},
+): Promise<AblationResult> {
+  const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
+  const root = ablateRoot(cfg, opts.out);
+  if (!opts.skipTraining) await trainVariants(cfg, root, log, opts.progress);
+
+  const prep = await prepareData(cfg, { log });
+  const textFile = path.join(prep.dir, 'test_stream.txt');
+  const text = readText(textFile);
+  const spec = gridSpec(cfg);
+  const models = cfg.ablate.variants.map((mode) => ({ name: mode === 'none' ? 'vanilla' : mode, dir: path.join(root, mode) }));
+  const context = cfg.model.max_position_embeddings ?? cfg.train.seq_len;
+  log(`ablate: streaming ${spec.maxTokens} test tokens per cache (W = ${spec.window}) for ${models.length} models`);
+  const { grid, curves } = await evaluateGrid(models, text, spec, {
+    progress: opts.progress,
+    log,
+    extra: [
+      // Dense within the context (the sink token, where there is one, takes a position).
+      { policy: 'dense', cache: `0+${context}`, maxTokens: context - 1 },
+      { policy: 'recompute', cache: `0+${spec.window}` },
+    ],
+  });
+
+  const variants: VariantSummary[] = [];
+  for (const [i, mode] of cfg.ablate.variants.entries()) {
+    const m = models[i]!;
+    const ck = await loadCheckpoint(m.dir);
+    const attention = attentionStats(ck, attentionTokens(ck, text, context));
+    attention.model = m.name;
+    ck.model.dispose();
+    const emergence: VariantSummary['emergence'] = [];
+    const snaps = path.join(m.dir, 'snapshots');
+    for (const s of fs.existsSync(snaps) ? fs.readdirSync(snaps).sort() : []) {
+      const sck = await loadCheckpoint(path.join(snaps, s));
+      const st = attentionStats(sck, attentionTokens(sck, text, context));
+      sck.model.dispose();
+      emergence.push({ step: Number(s.slice(5)), first: st.sink_metric.first, implicit_sink: st.sink_metric.implicit_sink, mean_first: meanFirst(st) });
+    }
+    emergence.push({ step: cfg.train.max_steps, first: attention.sink_metric.first, implicit_sink: attention.sink_metric.implicit_sink, mean_first: meanFirst(attention) });
+    const state = readState(m.dir);
+    variants.push({
+      name: m.name,
+      sink_mode: mode,
+      dir: m.dir,
+      steps: state.step,
+      tokens_seen: state.tokens_seen,
+      val_loss: state.val_loss,
+      train_seconds: state.wall_seconds,
+      attention,
+      emergence,
+      metrics: readMetrics(m.dir),
+    });
+  }
+
+  const result: AblationResult = {
+    config: cfg.source,
+    created: new Date().toISOString(),
+    backend: grid[0]?.backend ?? 'unknown',
+    spec,
+    caches: gridCaches(spec),
+    grid,
+    verdicts: verdicts(grid, spec.window),
+    variants,
+    curves: curves.map((c) => ({ ...c, nll: Array.from(c.nll) })),
+    out: root,
+  };
+  await writeReport(result, path.join(root, 'report'));
+  return result;
+}
+
+/**
+ * Copies what `validate` needs into a folder meant for git: each variant's HF files and
+ * training logs, the report, the test text, and validate.json with the grid to reproduce.
+ */
+export function shipAblation(result: AblationResult, textFile: string, dest: string): void {
+  fs.mkdirSync(dest, { recursive: true });
+  for (const v of result.variants) {
+    const to = path.join(dest, v.sink_mode);
+    fs.mkdirSync(to, { recursive: true });
+    for (const f of [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, METRICS_FILE, STATE_FILE]) {
+      writeFileAtomic(path.join(to, f), fs.readFileSync(path.join(v.dir, f)));
+    }
+  }
+  const reportDir = path.join(result.out, 'report');
+  fs.mkdirSync(path.join(dest, 'report'), { recursive: true });
+  for (const f of fs.readdirSync(reportDir)) writeFileAtomic(path.join(dest, 'report', f), fs.readFileSync(path.join(reportDir, f)));
+  writeFileAtomic(path.join(dest, 'test_stream.txt'), fs.readFileSync(textFile));
+  const manifest = {
+    about: 'Shipped ablation checkpoints; `sinklm validate` recomputes `grid` from them.',
+    created: result.created,
+    backend: result.backend,
+    text: 'test_stream.txt',
+    spec: result.spec,
+    variants: result.variants.map((v) => ({ name: v.name, sink_mode: v.sink_mode, dir: v.sink_mode, steps: v.steps, tokens_seen: v.tokens_seen, val_loss: v.val_loss })),
+    grid: result.grid.filter((c) => c.policy === 'sinks').map((c) => ({ model: c.model, sink_mode: c.sink_mode, cache: c.cache, ppl: c.ppl })),
+  };
+  writeFileAtomic(path.join(dest, 'validate.json'), JSON.stringify(manifest, null, 2) + '\n');
+}
