@@ -89,6 +89,8 @@ export async function writeReport(r: AblationResult, dir: string): Promise<void>
     xLabel: 'streamed tokens',
     yLabel: 'perplexity (window mean)',
     logY: true,
+    // ~64 windows: per-token perplexity is too noisy to read.
+    maxPoints: 64,
     series: r.curves
       .filter((c) => c.policy === 'sinks' && show.has(c.cache))
       .map((c) => ({ name: `${c.model} ${c.cache}`, x: c.nll.map((_, i) => i + 1), y: c.nll.map((v) => Math.exp(v)) })),
