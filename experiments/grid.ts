@@ -5,7 +5,7 @@
  */
 import type { SinkMode } from '../core/config.js';
 import { parseCache, type PolicyName } from '../infer/policy.js';
-import { streamEval, type StreamRow } from '../infer/stream.js';
+import { streamEval, streamEvalMany, type StreamRow } from '../infer/stream.js';
 import { loadCheckpoint, textStream } from '../infer/text.js';
 
 export interface GridSpec {
@@ -55,10 +55,16 @@ export async function evaluateGrid(
   for (const m of models) {
     const ck = await loadCheckpoint(m.dir);
     try {
-      const runs: { policy: PolicyName; cache: string; maxTokens: number }[] = [
-        ...gridCaches(spec).map((cache) => ({ policy: 'sinks' as PolicyName, cache, maxTokens: spec.maxTokens })),
-        ...(opts.extra ?? []).map((e) => ({ ...e, maxTokens: e.maxTokens ?? spec.maxTokens })),
-      ];
+      // The grid's caches share one capacity: one batched stream covers them all.
+      const stream = textStream(ck, text, spec.maxTokens);
+      const caches = gridCaches(spec);
+      const many = streamEvalMany(ck, stream, caches.map((c) => parseCache(c)), { progress: opts.progress, label: `${m.name} ${caches.join(' ')}` });
+      many.forEach(({ row, nll }, i) => {
+        grid.push(cell(m.name, ck.model.config.sink_mode, row));
+        curves.push({ model: m.name, cache: caches[i]!, policy: 'sinks', nll });
+        opts.log?.(`${m.name.padEnd(10)} sinks     ${caches[i]!.padStart(8)}  ppl ${row.ppl.toFixed(3)}  (${row.tokens} tokens)`);
+      });
+      const runs = (opts.extra ?? []).map((e) => ({ ...e, maxTokens: e.maxTokens ?? spec.maxTokens }));
       for (const r of runs) {
         const stream = textStream(ck, text, r.maxTokens);
         const { row, nll } = streamEval(ck, stream, r.policy, parseCache(r.cache), { progress: opts.progress, label: `${m.name} ${r.policy} ${r.cache}` });

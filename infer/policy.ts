@@ -112,6 +112,32 @@ class RecomputePolicy implements StreamPolicy {
   dispose(): void {}
 }
 
+/**
+ * Several sinks/window caches of the same capacity S+W over one stream, stepped as one
+ * batch: feed returns logits [B, V], row b for spec b. The grid's caches (0+W, 1+(W-1),
+ * ...) share their capacity, so the whole grid costs one stream's steps.
+ */
+export function makeSinkBatch(model: GPTNeoX, specs: CacheSpec[]): { feed(token: number): tf.Tensor2D; dispose(): void; readonly kvTokens: number } {
+  const c = model.config;
+  const shape = { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) };
+  const cache = new SinkCache(
+    specs.map((s) => ({ sinks: s.sinks, window: s.window })),
+    0,
+    shape,
+  );
+  let seen = 0;
+  return {
+    feed(token: number) {
+      seen++;
+      return model.step(new Array<number>(specs.length).fill(token), cache);
+    },
+    get kvTokens() {
+      return Math.min(seen, cache.capacity);
+    },
+    dispose: () => cache.dispose(),
+  };
+}
+
 export function makePolicy(model: GPTNeoX, name: PolicyName, spec: CacheSpec): StreamPolicy {
   const c = model.config;
   if (name === 'recompute') return new RecomputePolicy(spec, model);

@@ -5,7 +5,7 @@
  */
 import { backendInfo } from '../core/backend.js';
 import { progressBar } from '../core/progress.js';
-import { checkCache, makePolicy, type CacheSpec, type PolicyName } from './policy.js';
+import { checkCache, makePolicy, makeSinkBatch, type CacheSpec, type PolicyName } from './policy.js';
 import type { LoadedCheckpoint } from './text.js';
 
 export interface StreamRow {
@@ -91,4 +91,70 @@ export function streamEval(
     },
     nll,
   };
+}
+
+/**
+ * streamEval for several sinks caches of one capacity at once (one batched step per token).
+ * Each row's ms_per_token is its share of the batched step.
+ */
+export function streamEvalMany(
+  ck: LoadedCheckpoint,
+  stream: { tokens: number[]; prefix: number },
+  specs: CacheSpec[],
+  opts: { progress?: boolean; label?: string } = {},
+): StreamRun[] {
+  const model = ck.model;
+  for (const s of specs) checkCache(s, 'sinks', model.config.max_position_embeddings);
+  const { tokens, prefix } = stream;
+  const count = tokens.length - 1 - prefix;
+  const B = specs.length;
+  const nll = specs.map(() => new Float64Array(count));
+  const sums = new Float64Array(B);
+  const p = makeSinkBatch(model, specs);
+  const bar = progressBar({ total: count, unit: 'tok', label: opts.label ?? specs.map((s) => s.label).join(' '), enabled: opts.progress });
+  let kvMax = 0;
+  let rssMax = process.memoryUsage().rss;
+  const started = performance.now();
+  try {
+    for (let t = 0; t < tokens.length - 1; t++) {
+      const logits = p.feed(tokens[t]!);
+      kvMax = Math.max(kvMax, p.kvTokens);
+      if (t >= prefix) {
+        const all = logits.dataSync() as Float32Array;
+        const V = all.length / B;
+        for (let b = 0; b < B; b++) {
+          const v = nllOf(all.subarray(b * V, (b + 1) * V), tokens[t + 1]!);
+          nll[b]![t - prefix] = v;
+          sums[b]! += v;
+        }
+      }
+      logits.dispose();
+      if ((t & 255) === 0) {
+        rssMax = Math.max(rssMax, process.memoryUsage().rss);
+        bar.update(Math.max(0, t - prefix), {});
+      }
+    }
+  } finally {
+    bar.stop();
+    p.dispose();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  rssMax = Math.max(rssMax, process.memoryUsage().rss);
+  return specs.map((spec, b) => {
+    const mean = sums[b]! / count;
+    return {
+      row: {
+        policy: 'sinks' as PolicyName,
+        cache: spec.label,
+        tokens: count,
+        ppl: Math.exp(mean),
+        nll_mean: mean,
+        ms_per_token: (seconds * 1000) / (tokens.length - 1) / B,
+        kv_tokens_max: kvMax,
+        rss_mb_max: rssMax / 2 ** 20,
+        backend: backendInfo().backend,
+      },
+      nll: nll[b]!,
+    };
+  });
 }

@@ -8,20 +8,24 @@
 import type * as tf from '@tensorflow/tfjs-core';
 
 export interface CacheLayout {
-  /** Rotary position of each of the n new tokens. */
+  /** Rotary position of each of the n new tokens, per stream: [B * n]. */
   queryPositions: Int32Array;
-  /** Rotary position of each of the L keys attention will see (after the update), in slot order. */
+  /** Rotary position of each of the L keys attention will see (after the update), in slot order: [B * L]. */
   keyPositions: Int32Array;
-  /** Additive mask [n, L]: 0 where query i may see key j, NEG_INF elsewhere. */
+  /** Additive mask [B, n, L]: 0 where query i may see key j, NEG_INF elsewhere. */
   bias: Float32Array;
+  /** Streams stepping together (default 1); the step's ids are [B * n], stream-major. */
+  batch?: number;
 }
 
 export interface KVCache {
+  /** Streams that step together (default 1). */
+  readonly batch?: number;
   /** Makes room for n new tokens and says where they and the kept keys sit. */
   begin(n: number): CacheLayout;
   /**
-   * Stores one layer's new keys/values ([1, H, n, hd], pre-rotary) and returns all keys
-   * and values attention should see ([1, H, L, hd], pre-rotary, slot order of the layout).
+   * Stores one layer's new keys/values ([B, H, n, hd], pre-rotary) and returns all keys
+   * and values attention should see ([B, H, L, hd], pre-rotary, slot order of the layout).
    * The cache owns what it keeps (tf.keep) and disposes what it replaces.
    */
   update(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { k: tf.Tensor4D; v: tf.Tensor4D };

@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { CacheLayout, KVCache } from './cache.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
-import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, rotaryTables } from './ops.js';
+import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, normalize, rotaryTables } from './ops.js';
 import { paramSpecs, type ParamSpec } from './params.js';
 import type { TensorMap } from './safetensors.js';
 
@@ -32,6 +32,7 @@ export class GPTNeoX {
   /** Trainable parameters under their HF names. */
   readonly params: Map<string, tf.Variable>;
   private readonly rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; rot: tf.Tensor2D };
+  private readonly ropeHost: { cos: Float32Array; sin: Float32Array };
   private readonly causal = new Map<number, tf.Tensor2D>();
   /** Embedding lookups as gathers need UnsortedSegmentSum for their gradient; wasm lacks it. */
   private readonly gatherGrad: boolean;
@@ -46,6 +47,7 @@ export class GPTNeoX {
       this.params.set(s.name, tf.variable(tf.tensor(w.data, s.shape), true));
     }
     this.rope = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
+    this.ropeHost = { cos: this.rope.cos.dataSync() as Float32Array, sin: this.rope.sin.dataSync() as Float32Array };
     this.gatherGrad = tf.getKernel('UnsortedSegmentSum', tf.getBackend()) !== undefined;
   }
 
@@ -76,28 +78,36 @@ export class GPTNeoX {
   }
 
   /**
-   * Incremental step: n new tokens of one stream, attending to what the cache keeps.
-   * Returns logits [n, V]; the cache has taken the new keys and values.
+   * Incremental step: n new tokens of each of the cache's B streams (ids stream-major,
+   * [B * n]), attending to what the cache keeps. Returns logits [B * n, V]; the cache has
+   * taken the new keys and values.
    */
   step(ids: number[] | Int32Array, cache: KVCache): tf.Tensor2D {
-    const n = ids.length;
-    const layout: CacheLayout = cache.begin(n);
-    const L = layout.keyPositions.length;
+    const layout: CacheLayout = cache.begin(ids.length / (cache.batch ?? 1));
+    const B = layout.batch ?? 1;
+    const n = ids.length / B;
+    const L = layout.keyPositions.length / B;
+    if (!Number.isInteger(n) || layout.queryPositions.length !== B * n) throw new Error(`step: ${ids.length} ids do not split into ${B} streams`);
     const maxPos = this.config.max_position_embeddings;
     for (const p of [...layout.queryPositions, ...layout.keyPositions]) {
       if (p < 0 || p >= maxPos) throw new Error(`position ${p} outside the model's ${maxPos} positions`);
     }
+    const hd = headDim(this.config);
     const logits = tf.tidy(() => {
-      const qPos = tf.tensor1d(layout.queryPositions, 'int32');
-      const kPos = tf.tensor1d(layout.keyPositions, 'int32');
-      const geo: Geometry = {
-        qCos: tf.gather(this.rope.cos, qPos),
-        qSin: tf.gather(this.rope.sin, qPos),
-        kCos: tf.gather(this.rope.cos, kPos),
-        kSin: tf.gather(this.rope.sin, kPos),
-        bias: tf.tensor2d(layout.bias, [n, L]),
+      // cos/sin rows gathered on the host: a copy of a few KB beats four gather kernels.
+      const rows = (table: Float32Array, pos: Int32Array) => {
+        const out = new Float32Array(pos.length * hd);
+        pos.forEach((p, i) => out.set(table.subarray(p * hd, (p + 1) * hd), i * hd));
+        return out;
       };
-      return this.run(tf.tensor1d(Int32Array.from(ids), 'int32'), 1, n, geo, cache);
+      const geo: Geometry = {
+        qCos: tf.tensor4d(rows(this.ropeHost.cos, layout.queryPositions), [B, 1, n, hd]),
+        qSin: tf.tensor4d(rows(this.ropeHost.sin, layout.queryPositions), [B, 1, n, hd]),
+        kCos: tf.tensor4d(rows(this.ropeHost.cos, layout.keyPositions), [B, 1, L, hd]),
+        kSin: tf.tensor4d(rows(this.ropeHost.sin, layout.keyPositions), [B, 1, L, hd]),
+        bias: tf.tensor4d(layout.bias, [B, 1, n, L]),
+      };
+      return this.run(tf.tensor1d(Int32Array.from(ids), 'int32'), B, n, geo, cache);
     });
     cache.commit();
     return logits;
@@ -120,7 +130,9 @@ export class GPTNeoX {
     let x = this.rows(this.p<tf.Rank.R2>('gpt_neox.embed_in.weight'), ids);
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const pre = `gpt_neox.layers.${i}`;
-      const ln = (name: string) => layerNorm(x, this.p(`${pre}.${name}.weight`), this.p(`${pre}.${name}.bias`), c.layer_norm_eps) as tf.Tensor2D;
+      // The parallel residual normalises the same x twice: share the statistics, keep two affines.
+      const xhat = normalize(x, c.layer_norm_eps);
+      const ln = (name: string) => tf.add(tf.mul(xhat, this.p(`${pre}.${name}.weight`)), this.p(`${pre}.${name}.bias`)) as tf.Tensor2D;
       const attn = this.attention(ln('input_layernorm'), i, B, n, geo, cache);
       const mlp = this.mlp(ln('post_attention_layernorm'), pre);
       x = tf.add(tf.add(x, attn), mlp);

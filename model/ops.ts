@@ -9,9 +9,14 @@ import type { SinkMode } from '../core/config.js';
 /** Masked-out attention scores. Finite, so a max over a row never meets -inf - -inf. */
 export const NEG_INF = -1e9;
 
-export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
+/** (x - mean) / sqrt(var + eps) over the last axis: LayerNorm without its affine part. */
+export function normalize(x: tf.Tensor, eps: number): tf.Tensor {
   const { mean, variance } = tf.moments(x, -1, true);
-  return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
+  return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
+}
+
+export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
+  return tf.add(tf.mul(normalize(x, eps), weight), bias);
 }
 
 /** Exact GELU (`gelu`) or the tanh approximation (`gelu_new`), as HF's ACT2FN has them. */

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { UserError } from '../core/errors.js';
-import { checkCache, makePolicy, parseCache, type PolicyName } from '../infer/policy.js';
+import { checkCache, makePolicy, makeSinkBatch, parseCache, type PolicyName } from '../infer/policy.js';
 import type { GPTNeoX } from '../model/neox.js';
 import { maxAbsDiff, numTensors, testBackend, tinyModel } from './helpers.js';
 
@@ -58,6 +58,22 @@ describe('cache policies', () => {
       const ids = [...stream.slice(0, S), ...stream.slice(t - W + 1, t + 1)];
       expect(maxAbsDiff(got[t]!, lastLogits(model, ids))).toBeLessThan(1e-5);
     }
+    model.dispose();
+  });
+
+  it('several caches of one capacity stepped as a batch equal each run alone', () => {
+    const model = tinyModel({ sink_mode: 'softmax1' });
+    const caches = ['0+8', '1+7', '2+6', '4+4'];
+    const batch = makeSinkBatch(model, caches.map((c) => parseCache(c)));
+    const alone = caches.map((c) => run(model, 'sinks', c));
+    for (let t = 0; t < stream.length; t++) {
+      const l = batch.feed(stream[t]!);
+      const all = l.dataSync() as Float32Array;
+      l.dispose();
+      const V = all.length / caches.length;
+      caches.forEach((_, b) => expect(maxAbsDiff(all.subarray(b * V, (b + 1) * V), alone[b]![t]!)).toBeLessThan(1e-5));
+    }
+    batch.dispose();
     model.dispose();
   });
 

@@ -6,31 +6,54 @@
  * (attention does not care about slot order, only about positions). Keys are stored
  * before the rotary transform, so re-positioning them costs nothing but the rotation.
  * With S = 0 this is plain window attention.
+ *
+ * One cache can hold several streams of the same capacity S+W (e.g. 0+64, 1+63, 4+60 of
+ * the same text): they step together as one batch, each with its own slots and positions.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CacheLayout, KVCache } from '../../model/cache.js';
 import { NEG_INF } from '../../model/ops.js';
 
+export interface SinkWindow {
+  sinks: number;
+  window: number;
+}
+
 export class SinkCache implements KVCache {
   readonly sinks: number;
   readonly window: number;
   readonly capacity: number;
+  readonly streams: SinkWindow[];
   private k: tf.Tensor4D[] = [];
   private v: tf.Tensor4D[] = [];
-  /** Stream index of the token in each slot, -1 while empty. */
-  private readonly slotTime: Int32Array;
-  /** Tokens seen so far. */
+  /** Stream index of the token in each slot, -1 while empty; [stream][slot]. */
+  private readonly slotTime: Int32Array[];
+  /** Tokens seen so far (every stream sees the same number). */
   private seen = 0;
   private pendingSlot = 0;
   private pendingN = 0;
+  /** One-hot of the slot each stream writes this step, [B, 1, cap, 1] (batched writes). */
+  private writeMask: tf.Tensor | null = null;
 
-  constructor(sinks: number, window: number, private readonly shape: { layers: number; heads: number; headDim: number }) {
-    if (!Number.isInteger(sinks) || sinks < 0) throw new Error(`sinks must be an integer >= 0 (got ${sinks})`);
-    if (!Number.isInteger(window) || window < 1) throw new Error(`window must be an integer >= 1 (got ${window})`);
-    this.sinks = sinks;
-    this.window = window;
-    this.capacity = sinks + window;
-    this.slotTime = new Int32Array(this.capacity).fill(-1);
+  constructor(
+    sinks: number | SinkWindow[],
+    window: number,
+    private readonly shape: { layers: number; heads: number; headDim: number },
+  ) {
+    this.streams = typeof sinks === 'number' ? [{ sinks, window }] : sinks;
+    for (const s of this.streams) {
+      if (!Number.isInteger(s.sinks) || s.sinks < 0) throw new Error(`sinks must be an integer >= 0 (got ${s.sinks})`);
+      if (!Number.isInteger(s.window) || s.window < 1) throw new Error(`window must be an integer >= 1 (got ${s.window})`);
+    }
+    this.capacity = this.streams[0]!.sinks + this.streams[0]!.window;
+    if (this.streams.some((s) => s.sinks + s.window !== this.capacity)) throw new Error('batched streams must share one capacity S+W');
+    this.sinks = this.streams[0]!.sinks;
+    this.window = this.streams[0]!.window;
+    this.slotTime = this.streams.map(() => new Int32Array(this.capacity).fill(-1));
+  }
+
+  get batch(): number {
+    return this.streams.length;
   }
 
   /** Keys the next token will attend to, itself included. */
@@ -38,41 +61,54 @@ export class SinkCache implements KVCache {
     return Math.min(this.seen + 1, this.capacity);
   }
 
-  private slotOf(t: number): number {
-    return t < this.sinks ? t : this.sinks + ((t - this.sinks) % this.window);
+  private slotOf(s: SinkWindow, t: number): number {
+    return t < s.sinks ? t : s.sinks + ((t - s.sinks) % s.window);
   }
 
   begin(n: number): CacheLayout {
+    const B = this.streams.length;
     const t0 = this.seen;
-    const first = this.slotOf(t0);
-    // Several tokens at once only while nothing is evicted and the slots are contiguous
-    // (prefill); streaming feeds one token at a time.
-    if (n > 1 && (t0 + n > this.capacity || first + n > this.capacity)) {
-      throw new Error(`SinkCache takes ${n} tokens at once only before it is full; feed tokens one by one`);
-    }
-    for (let i = 0; i < n; i++) this.slotTime[first + i] = t0 + i;
-    const last = t0 + n - 1;
-    const recentKept = Math.max(0, Math.min(last + 1 - this.sinks, this.window));
-    const oldestRecent = last - recentKept + 1;
     const cap = this.capacity;
-    const keyPositions = new Int32Array(cap);
-    const bias = new Float32Array(n * cap);
-    for (let j = 0; j < cap; j++) {
-      const tau = this.slotTime[j]!;
-      keyPositions[j] = tau < 0 ? 0 : tau < this.sinks ? tau : this.sinks + (tau - oldestRecent);
-      for (let i = 0; i < n; i++) if (tau < 0 || tau > t0 + i) bias[i * cap + j] = NEG_INF;
+    // Several tokens at once only for one stream, while nothing is evicted and the slots
+    // are contiguous (prefill); streaming feeds one token at a time.
+    if (n > 1 && (B > 1 || t0 + n > cap)) {
+      throw new Error(`SinkCache takes ${n} tokens at once only for one stream before it is full; feed tokens one by one`);
     }
-    const queryPositions = Int32Array.from({ length: n }, (_, i) => keyPositions[first + i]!);
-    this.pendingSlot = first;
+    const queryPositions = new Int32Array(B * n);
+    const keyPositions = new Int32Array(B * cap);
+    const bias = new Float32Array(B * n * cap);
+    const slots: number[] = [];
+    this.streams.forEach((s, b) => {
+      const times = this.slotTime[b]!;
+      const first = this.slotOf(s, t0);
+      slots.push(first);
+      for (let i = 0; i < n; i++) times[first + i] = t0 + i;
+      const last = t0 + n - 1;
+      const recentKept = Math.max(0, Math.min(last + 1 - s.sinks, s.window));
+      const oldestRecent = last - recentKept + 1;
+      for (let j = 0; j < cap; j++) {
+        const tau = times[j]!;
+        keyPositions[b * cap + j] = tau < 0 ? 0 : tau < s.sinks ? tau : s.sinks + (tau - oldestRecent);
+        for (let i = 0; i < n; i++) if (tau < 0 || tau > t0 + i) bias[(b * n + i) * cap + j] = NEG_INF;
+      }
+      for (let i = 0; i < n; i++) queryPositions[b * n + i] = keyPositions[b * cap + first + i]!;
+    });
+    this.pendingSlot = slots[0]!;
     this.pendingN = n;
-    return { queryPositions, keyPositions, bias };
+    if (n === 1) {
+      const mask = new Uint8Array(B * cap);
+      slots.forEach((slot, b) => (mask[b * cap + slot] = 1));
+      this.writeMask?.dispose();
+      this.writeMask = tf.keep(tf.tensor4d(mask, [B, 1, cap, 1], 'bool'));
+    }
+    return { queryPositions, keyPositions, bias, batch: B };
   }
 
   update(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { k: tf.Tensor4D; v: tf.Tensor4D } {
     if (!this.k[layer]) {
       const { heads, headDim } = this.shape;
-      this.k[layer] = tf.keep(tf.zeros([1, heads, this.capacity, headDim]));
-      this.v[layer] = tf.keep(tf.zeros([1, heads, this.capacity, headDim]));
+      this.k[layer] = tf.keep(tf.zeros([this.streams.length, heads, this.capacity, headDim]));
+      this.v[layer] = tf.keep(tf.zeros([this.streams.length, heads, this.capacity, headDim]));
     }
     const nk = tf.keep(this.write(this.k[layer]!, k));
     const nv = tf.keep(this.write(this.v[layer]!, v));
@@ -83,8 +119,9 @@ export class SinkCache implements KVCache {
     return { k: nk, v: nv };
   }
 
-  /** buf with rows [slot, slot + n) replaced by rows. */
+  /** buf with each stream's pending slot(s) replaced by rows (an exact select, no arithmetic). */
   private write(buf: tf.Tensor4D, rows: tf.Tensor4D): tf.Tensor4D {
+    if (this.pendingN === 1) return tf.where(this.writeMask!, rows, buf) as tf.Tensor4D;
     const s = this.pendingSlot;
     const n = this.pendingN;
     const parts: tf.Tensor4D[] = [];
@@ -101,6 +138,8 @@ export class SinkCache implements KVCache {
 
   dispose(): void {
     for (const t of [...this.k, ...this.v]) t.dispose();
+    this.writeMask?.dispose();
+    this.writeMask = null;
     this.k = [];
     this.v = [];
   }
