@@ -1,0 +1,271 @@
+/**
+ * Decoding latency: per-token time and memory of each streaming policy at each cache size,
+ * and a long stream through `sinks` that shows whether time and memory stay flat.
+ *
+ * A row measures the steady state of its policy at cache size C, not the ramp-up:
+ *   sinks / window  the cache is first filled to C (in chunks; SinkCache takes a prefill
+ *                   while nothing is evicted), then every timed token evicts one
+ *   dense           filled so that the last timed token attends to exactly C keys
+ *   recompute       every token re-runs the model over a full window of C tokens
+ * A timed token is what streaming does per token: the model's cached step (CachedPolicy.feed
+ * is exactly model.step([token], cache)), or for recompute RecomputePolicy.feed's forward
+ * over the window, plus reading the logits back (sampling or scoring needs them).
+ */
+import * as os from 'node:os';
+import * as tf from '@tensorflow/tfjs-core';
+import seedrandom from 'seedrandom';
+import { backendInfo } from '../core/backend.js';
+import { progressBar } from '../core/progress.js';
+import { DenseCache } from '../infer/cache/dense.js';
+import { SinkCache } from '../infer/cache/sinks.js';
+import { makePolicy, parseCache, type PolicyName } from '../infer/policy.js';
+import { headDim } from '../model/config.js';
+import type { KVCache } from '../model/cache.js';
+import type { GPTNeoX } from '../model/neox.js';
+import { profileKernels, type KernelStat } from './profile.js';
+import { median } from './train.js';
+
+export interface DecodeRow {
+  policy: PolicyName;
+  /** Keys per token: S + W for sinks, W for window and recompute, the keys reached for dense. */
+  cache: number;
+  /** "S+W" as stream-eval writes it. */
+  cache_spec: string;
+  ms_per_token: number;
+  ms_median: number;
+  /** Resident set of the whole process after the row (high-water marks of earlier rows stay). */
+  rss_mb: number;
+  /** Bytes held in tensors (weights + cache) after the row: the part this row owns. */
+  tensor_mb: number;
+  /** Keys the last timed token attended to. */
+  kv_tokens: number;
+  tokens: number;
+  warmup: number;
+  /** Kernels run for one token (tf.profile), and the ones that took longest. */
+  ops_per_token: number;
+  top_kernels: KernelStat[];
+}
+
+export interface DecodeRatio {
+  cache: number;
+  /** recompute over sinks, on the medians (robust when other processes share the cores). */
+  recompute_over_sinks: number;
+  recompute_over_sinks_mean: number;
+}
+
+export interface DecodeBenchOptions {
+  caches: number[];
+  policies: PolicyName[];
+  /** Sink tokens S of the sinks policy (the paper's 4). */
+  sinks: number;
+  /** Timed tokens per row for the cached policies. */
+  tokens: number;
+  /** Timed tokens per row for recompute (each costs a forward over the whole window). */
+  recomputeTokens: number;
+  warmup: number;
+  seed?: number;
+  log?: (line: string) => void;
+}
+
+/** The cache spec of a policy at C keys per token. */
+export function cacheSpecFor(policy: PolicyName, C: number, sinks: number): { sinks: number; window: number; label: string } {
+  const S = policy === 'sinks' ? Math.min(sinks, C - 1) : 0;
+  return { sinks: S, window: C - S, label: `${S}+${C - S}` };
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+const rssMb = () => process.memoryUsage().rss / 2 ** 20;
+
+/** Feeds n tokens into a cache in prefill chunks (no logits read). */
+function prefill(model: GPTNeoX, cache: KVCache, ids: number[], chunk = 128): void {
+  for (let at = 0; at < ids.length; at += chunk) model.step(ids.slice(at, at + chunk), cache).dispose();
+}
+
+function timeTokens(n: number, one: () => void): number[] {
+  const ms: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    one();
+    ms.push(performance.now() - t0);
+  }
+  return ms;
+}
+
+async function cachedRow(model: GPTNeoX, policy: 'sinks' | 'window' | 'dense', C: number, o: DecodeBenchOptions, rand: () => number): Promise<DecodeRow> {
+  const c = model.config;
+  const spec = cacheSpecFor(policy, C, o.sinks);
+  const shape = { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) };
+  const cache: KVCache & { size: number } = policy === 'dense' ? new DenseCache() : new SinkCache(spec.sinks, spec.window, shape);
+  // Dense grows by one key per token: fill it so that the last timed token sees C keys.
+  const fed = policy === 'dense' ? C - o.warmup - 1 - o.tokens : C;
+  if (fed < 0) throw new Error(`dense at ${C} keys cannot time ${o.tokens} tokens after ${o.warmup} warmup (and one profiled); use fewer tokens`);
+  try {
+    prefill(model, cache, Array.from({ length: fed }, rand));
+    const one = () => {
+      const logits = model.step([rand()], cache);
+      logits.dataSync();
+      logits.dispose();
+    };
+    timeTokens(o.warmup, one);
+    const prof = await profileKernels(one, 5);
+    const ms = timeTokens(o.tokens, one);
+    const kv = cache.size;
+    return {
+      policy,
+      cache: C,
+      cache_spec: spec.label,
+      ms_per_token: mean(ms),
+      ms_median: median(ms),
+      rss_mb: rssMb(),
+      tensor_mb: tf.memory().numBytes / 2 ** 20,
+      kv_tokens: kv,
+      tokens: o.tokens,
+      warmup: o.warmup,
+      ops_per_token: prof.kernels,
+      top_kernels: prof.top,
+    };
+  } finally {
+    cache.dispose();
+  }
+}
+
+async function recomputeRow(model: GPTNeoX, C: number, o: DecodeBenchOptions, rand: () => number): Promise<DecodeRow> {
+  const window = Array.from({ length: C }, rand);
+  // RecomputePolicy.feed with a full window: forward over it, keep the last row's logits.
+  const one = () => {
+    window.shift();
+    window.push(rand());
+    const logits = tf.tidy(() => tf.slice(model.forward(tf.tensor2d(window, [1, C], 'int32')), [C - 1, 0], [1, -1]));
+    logits.dataSync();
+    logits.dispose();
+  };
+  timeTokens(o.warmup, one);
+  const prof = await profileKernels(one, 5);
+  const ms = timeTokens(o.recomputeTokens, one);
+  return {
+    policy: 'recompute',
+    cache: C,
+    cache_spec: `0+${C}`,
+    ms_per_token: mean(ms),
+    ms_median: median(ms),
+    rss_mb: rssMb(),
+    tensor_mb: tf.memory().numBytes / 2 ** 20,
+    kv_tokens: C,
+    tokens: o.recomputeTokens,
+    warmup: o.warmup,
+    ops_per_token: prof.kernels,
+    top_kernels: prof.top,
+  };
+}
+
+export async function benchDecode(model: GPTNeoX, o: DecodeBenchOptions): Promise<{ rows: DecodeRow[]; ratios: DecodeRatio[] }> {
+  const log = o.log ?? (() => {});
+  const maxPos = model.config.max_position_embeddings;
+  const rng = seedrandom(`sinklm-bench-decode-${o.seed ?? 0}`);
+  const rand = () => Math.floor(rng() * model.config.vocab_size);
+  const rows: DecodeRow[] = [];
+  // One untimed row first: the first kernels of a process (and of a shape) are slow to
+  // start, and the first real row should not pay for it.
+  if (o.caches.length) {
+    const C = Math.min(...o.caches);
+    if (C > maxPos) throw new Error(`cache ${C} is more than the model's ${maxPos} positions`);
+    await cachedRow(model, 'sinks', C, { ...o, tokens: 2 }, rand);
+  }
+  for (const C of o.caches) {
+    if (C > maxPos) throw new Error(`cache ${C} is more than the model's ${maxPos} positions`);
+    for (const policy of o.policies) {
+      log(`bench decode: ${policy} at ${C} keys`);
+      const row = policy === 'recompute' ? await recomputeRow(model, C, o, rand) : await cachedRow(model, policy, C, o, rand);
+      log(`bench decode: ${policy} at ${C}: ${row.ms_median.toFixed(2)} ms/token (median of ${row.tokens}), ${row.ops_per_token} kernels/token`);
+      rows.push(row);
+    }
+  }
+  const ratios: DecodeRatio[] = [];
+  for (const C of o.caches) {
+    const s = rows.find((r) => r.cache === C && r.policy === 'sinks');
+    const r = rows.find((x) => x.cache === C && x.policy === 'recompute');
+    if (s && r) ratios.push({ cache: C, recompute_over_sinks: r.ms_median / s.ms_median, recompute_over_sinks_mean: r.ms_per_token / s.ms_per_token });
+  }
+  return { rows, ratios };
+}
+
+export interface LongRow {
+  /** Tokens streamed so far. */
+  tokens: number;
+  /** Mean ms per token over the last `window_tokens` tokens before this milestone. */
+  ms_per_token: number;
+  window_tokens: number;
+  rss_mb: number;
+  num_tensors: number;
+  tensor_mb: number;
+}
+
+export interface LongOptions {
+  /** Keys per token (S + W). */
+  cache: number;
+  sinks: number;
+  /** Milestones, in tokens streamed. */
+  milestones: number[];
+  /** Tokens averaged before each milestone (default 1000). */
+  window?: number;
+  seed?: number;
+  /** Draw a progress bar (default: when stderr is a terminal). */
+  progress?: boolean;
+  log?: (line: string) => void;
+}
+
+/**
+ * Streams random tokens through the `sinks` policy, as `stream-eval` would, up to the last
+ * milestone. Flat time, RSS and tensor count across milestones are what an endless stream
+ * needs; anything growing with the stream shows up here.
+ */
+export function benchLong(model: GPTNeoX, o: LongOptions): LongRow[] {
+  const log = o.log ?? (() => {});
+  const milestones = [...new Set(o.milestones)].sort((a, b) => a - b);
+  const total = milestones.at(-1) ?? 0;
+  const win = o.window ?? 1000;
+  const rng = seedrandom(`sinklm-bench-long-${o.seed ?? 0}`);
+  const V = model.config.vocab_size;
+  const spec = parseCache(cacheSpecFor('sinks', o.cache, o.sinks).label);
+  const policy = makePolicy(model, 'sinks', spec);
+  const recent = new Float64Array(win);
+  const out: LongRow[] = [];
+  const bar = progressBar({ total, unit: 'tok', label: `sinks ${spec.label}`, enabled: o.progress });
+  let next = 0;
+  let lastLog = performance.now();
+  try {
+    for (let t = 1; t <= total; t++) {
+      const t0 = performance.now();
+      const logits = policy.feed(Math.floor(rng() * V));
+      logits.dataSync();
+      logits.dispose();
+      const now = performance.now();
+      recent[t % win] = now - t0;
+      if (t === milestones[next]) {
+        const n = Math.min(win, t);
+        let sum = 0;
+        for (let i = 0; i < n; i++) sum += recent[(t - i + win) % win]!;
+        const row = { tokens: t, ms_per_token: sum / n, window_tokens: n, rss_mb: rssMb(), num_tensors: tf.memory().numTensors, tensor_mb: tf.memory().numBytes / 2 ** 20 };
+        out.push(row);
+        log(`bench decode --long: ${t} tokens  ${row.ms_per_token.toFixed(2)} ms/token (last ${n})  rss ${row.rss_mb.toFixed(0)} MB  tensors ${row.num_tensors}`);
+        next++;
+      }
+      if ((t & 255) === 0) {
+        bar.update(t, {});
+        if (!bar.enabled && now - lastLog > 30_000) {
+          lastLog = now;
+          log(`bench decode --long: ${t}/${total} tokens`);
+        }
+      }
+    }
+  } finally {
+    bar.stop();
+    policy.dispose();
+  }
+  return out;
+}
+
+/** The figures' context: backend and how busy the machine was. */
+export function machine(): { backend: string; threads: number; loadavg: number } {
+  return { backend: backendInfo().backend, threads: backendInfo().threads, loadavg: os.loadavg()[0]! };
+}
