@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import type { GlobalArgs } from '../common.js';
 import { ablateCommand } from './ablate.js';
 import { attentionCommand } from './attention.js';
+import { benchCommand } from './bench.js';
 import { doctor } from './doctor.js';
 import { generateCommand } from './generate.js';
 import { prepare } from './prepare.js';
@@ -12,4 +13,4 @@ import { validateCommand } from './validate.js';
 
 // One module per command; each only parses its options and calls the library.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand, generateCommand, attentionCommand, ablateCommand, validateCommand];
+export const commands: CommandModule<GlobalArgs, any>[] = [doctor, prepare, trainCommand, scoreCommand, streamEvalCommand, generateCommand, attentionCommand, benchCommand, ablateCommand, validateCommand];
