@@ -1,0 +1,108 @@
+/**
+ * The bench library on a tiny model: every figure is there, positive and consistent, and
+ * the benches leave no tensors behind. Not a timing test: the numbers are not judged.
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { benchDecode, benchLong } from '../bench/decode.js';
+import { measureMatmulPeak } from '../bench/peak.js';
+import { benchTrain, modelFlopsPerToken } from '../bench/train.js';
+import type { NeoXConfig } from '../model/config.js';
+import { GPTNeoX } from '../model/neox.js';
+import { initParams } from '../model/params.js';
+import { AdamW } from '../train/optimizer.js';
+import { numTensors, testBackend, tinyConfig } from './helpers.js';
+
+beforeAll(async () => {
+  await testBackend();
+});
+
+const adamw = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 1 };
+
+/**
+ * Tensors that building and disposing a model (and its optimizer) leave counted on their
+ * own: the benches must add none to these.
+ */
+function constructionResidue(c: NeoXConfig, withOptimizer: boolean): number {
+  const before = numTensors();
+  const model = new GPTNeoX(c, initParams(c, 1));
+  if (withOptimizer) new AdamW(model.params, model.specs, adamw).dispose();
+  model.dispose();
+  return numTensors() - before;
+}
+
+describe('bench', () => {
+  it('matmul peak is a positive GFLOP/s figure', () => {
+    const p = measureMatmulPeak({ n: 64, reps: 2 });
+    expect(p.gflops).toBeGreaterThan(0);
+    expect(p.ms_per_matmul).toBeGreaterThan(0);
+  });
+
+  it('model FLOPs follow 6N + 12LTD', () => {
+    const c = tinyConfig();
+    const N = 2 * (4 * 16 * 16 + 2 * 16 * 32) + 50 * 16;
+    expect(modelFlopsPerToken(c, 8)).toBe(6 * N + 12 * 2 * 8 * 16);
+  });
+
+  it('train: tokens/s, the split, MFU and the HF config', async () => {
+    const residue = constructionResidue(tinyConfig(), true);
+    const before = numTensors();
+    const r = await benchTrain({ model: tinyConfig(), batch: 2, seq: 8, steps: 2, warmup: 1, adamw, lr: 1e-3, peakN: 64, topKernels: 5 });
+    expect(numTensors() - before).toBe(residue);
+    for (const k of ['tokens_per_s', 'ms_per_step', 'ms_forward', 'ms_optimizer', 'mfu', 'peak_gflops', 'model_gflops_per_step', 'params', 'threads'] as const) {
+      expect(r[k], k).toBeGreaterThan(0);
+    }
+    expect(Number.isFinite(r.ms_backward)).toBe(true);
+    expect(r.loadavg).toBeGreaterThanOrEqual(0);
+    expect(typeof r.backend).toBe('string');
+    expect([r.batch, r.seq]).toEqual([2, 8]);
+    expect(r.tokens_per_s).toBeCloseTo((2 * 8 * 1000) / r.ms_per_step, 6);
+    expect(r.config).toMatchObject({ model_type: 'gpt_neox', hidden_size: 16, num_hidden_layers: 2, vocab_size: 50 });
+    expect(r.profile.kernels).toBeGreaterThan(0);
+    expect(r.profile.top.length).toBeGreaterThan(0);
+    expect(r.profile.top.length).toBeLessThanOrEqual(5);
+    expect(JSON.parse(JSON.stringify(r))).toEqual(r);
+  });
+
+  it('decode: a row per policy and cache, recompute/sinks ratios, a flat long stream', async () => {
+    const c = tinyConfig({ max_position_embeddings: 17 });
+    const residue = constructionResidue(c, false);
+    const base = numTensors();
+    const model = new GPTNeoX(c, initParams(c, 1));
+    const { rows, ratios } = await benchDecode(model, {
+      caches: [8, 16],
+      policies: ['sinks', 'window', 'dense', 'recompute'],
+      sinks: 4,
+      tokens: 3,
+      recomputeTokens: 2,
+      warmup: 1,
+    });
+    expect(rows.map((r) => `${r.policy}@${r.cache}`)).toEqual([
+      'sinks@8', 'window@8', 'dense@8', 'recompute@8',
+      'sinks@16', 'window@16', 'dense@16', 'recompute@16',
+    ]);
+    for (const r of rows) {
+      expect(r.ms_per_token).toBeGreaterThan(0);
+      expect(r.ms_median).toBeGreaterThan(0);
+      expect(r.rss_mb).toBeGreaterThan(0);
+      expect(r.ops_per_token).toBeGreaterThan(0);
+      // Every policy attends to exactly the cache size on its last timed token.
+      expect(r.kv_tokens).toBe(r.cache);
+    }
+    expect(rows.find((r) => r.policy === 'sinks' && r.cache === 8)!.cache_spec).toBe('4+4');
+    expect(ratios.map((q) => q.cache)).toEqual([8, 16]);
+    for (const q of ratios) expect(q.recompute_over_sinks).toBeGreaterThan(0);
+
+    const long = benchLong(model, { cache: 8, sinks: 4, milestones: [40, 20], window: 5, progress: false });
+    expect(long.map((l) => l.tokens)).toEqual([20, 40]);
+    for (const l of long) {
+      expect(l.ms_per_token).toBeGreaterThan(0);
+      expect(l.window_tokens).toBe(5);
+      expect(l.rss_mb).toBeGreaterThan(0);
+    }
+    // The policy's cache is alive at both milestones: same count, nothing growing.
+    expect(long[1]!.num_tensors).toBe(long[0]!.num_tensors);
+    model.dispose();
+    // Caches, batches and profiles all freed (the model's own causal masks go with it).
+    expect(numTensors() - base).toBe(residue);
+  });
+});
