@@ -192,6 +192,8 @@ export async function benchDecode(model: GPTNeoX, o: DecodeBenchOptions): Promis
 export interface LongRow {
   /** Tokens streamed so far. */
   tokens: number;
+  /** Set on a last row taken where the stream was stopped, not at a milestone. */
+  interrupted?: true;
   /** Mean ms per token over the last `window_tokens` tokens before this milestone. */
   ms_per_token: number;
   window_tokens: number;
@@ -211,6 +213,8 @@ export interface LongOptions {
   seed?: number;
   /** Draw a progress bar (default: when stderr is a terminal). */
   progress?: boolean;
+  /** Stops the stream early (Ctrl-C on a run of hours); what was measured is still returned. */
+  signal?: AbortSignal;
   log?: (line: string) => void;
 }
 
@@ -219,7 +223,7 @@ export interface LongOptions {
  * milestone. Flat time, RSS and tensor count across milestones are what an endless stream
  * needs; anything growing with the stream shows up here.
  */
-export function benchLong(model: GPTNeoX, o: LongOptions): LongRow[] {
+export async function benchLong(model: GPTNeoX, o: LongOptions): Promise<LongRow[]> {
   const log = o.log ?? (() => {});
   const milestones = [...new Set(o.milestones)].sort((a, b) => a - b);
   const total = milestones.at(-1) ?? 0;
@@ -233,6 +237,14 @@ export function benchLong(model: GPTNeoX, o: LongOptions): LongRow[] {
   const bar = progressBar({ total, unit: 'tok', label: `sinks ${spec.label}`, enabled: o.progress });
   let next = 0;
   let lastLog = performance.now();
+  const row = (t: number): LongRow => {
+    const n = Math.min(win, t);
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += recent[(t - i) % win]!;
+    const r = { tokens: t, ms_per_token: sum / n, window_tokens: n, rss_mb: rssMb(), num_tensors: tf.memory().numTensors, tensor_mb: tf.memory().numBytes / 2 ** 20 };
+    log(`bench decode --long: ${t} tokens  ${r.ms_per_token.toFixed(2)} ms/token (last ${n})  rss ${r.rss_mb.toFixed(0)} MB  tensors ${r.num_tensors}`);
+    return r;
+  };
   try {
     for (let t = 1; t <= total; t++) {
       const t0 = performance.now();
@@ -242,12 +254,7 @@ export function benchLong(model: GPTNeoX, o: LongOptions): LongRow[] {
       const now = performance.now();
       recent[t % win] = now - t0;
       if (t === milestones[next]) {
-        const n = Math.min(win, t);
-        let sum = 0;
-        for (let i = 0; i < n; i++) sum += recent[(t - i + win) % win]!;
-        const row = { tokens: t, ms_per_token: sum / n, window_tokens: n, rss_mb: rssMb(), num_tensors: tf.memory().numTensors, tensor_mb: tf.memory().numBytes / 2 ** 20 };
-        out.push(row);
-        log(`bench decode --long: ${t} tokens  ${row.ms_per_token.toFixed(2)} ms/token (last ${n})  rss ${row.rss_mb.toFixed(0)} MB  tensors ${row.num_tensors}`);
+        out.push(row(t));
         next++;
       }
       if ((t & 255) === 0) {
@@ -255,6 +262,13 @@ export function benchLong(model: GPTNeoX, o: LongOptions): LongRow[] {
         if (!bar.enabled && now - lastLog > 30_000) {
           lastLog = now;
           log(`bench decode --long: ${t}/${total} tokens`);
+        }
+        // tfjs-node kernels are synchronous: let a signal handler run now and then.
+        await new Promise((r) => setImmediate(r));
+        if (o.signal?.aborted) {
+          if (out.at(-1)?.tokens !== t) out.push({ ...row(t), interrupted: true });
+          log(`bench decode --long: stopped at ${t} tokens`);
+          break;
         }
       }
     }

@@ -117,6 +117,12 @@ export interface TrainBenchResult {
   params: number;
   params_matmul: number;
   threads: number;
+  /**
+   * CPU time this process used during the timed steps over (wall time x threads), as
+   * bench/pytorch_side_by_side.py reports it: well below 1 means other processes took
+   * the cores, and the figure understates this machine.
+   */
+  cpu_utilization: number;
   /** 1-minute load average at the end of the run (other processes share the cores). */
   loadavg: number;
   loadavg_start: number;
@@ -198,6 +204,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
     // Whole steps, as training runs them: reading the loss at the end of each step waits
     // for everything the step queued.
     const stepMs: number[] = [];
+    const cpu0 = process.cpuUsage();
     for (let i = 0; i < o.steps; i++) {
       const b = randomBatch(rng, B, T, c.vocab_size);
       const t0 = performance.now();
@@ -208,6 +215,8 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
       disposeBatch(b);
       log(`bench train: step ${i + 1}/${o.steps}  ${stepMs.at(-1)!.toFixed(0)} ms`);
     }
+    const cpu = process.cpuUsage(cpu0);
+    const cpuUtil = (cpu.user + cpu.system) / 1000 / (stepMs.reduce((a, b) => a + b, 0) * backendInfo().threads);
 
     // The split, each part synchronised on its own: a forward-only pass; forward +
     // backward (variableGrads), waiting for the loss and for the embedding's gradient,
@@ -276,6 +285,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
       params,
       params_matmul: matmulParams(c),
       threads: backendInfo().threads,
+      cpu_utilization: cpuUtil,
       loadavg: os.loadavg()[0]!,
       loadavg_start: loadStart,
       profile,

@@ -48,7 +48,7 @@ describe('bench', () => {
     const before = numTensors();
     const r = await benchTrain({ model: tinyConfig(), batch: 2, seq: 8, steps: 2, warmup: 1, adamw, lr: 1e-3, peakN: 64, topKernels: 5 });
     expect(numTensors() - before).toBe(residue);
-    for (const k of ['tokens_per_s', 'ms_per_step', 'ms_forward', 'ms_optimizer', 'mfu', 'peak_gflops', 'model_gflops_per_step', 'params', 'threads'] as const) {
+    for (const k of ['tokens_per_s', 'ms_per_step', 'ms_forward', 'ms_optimizer', 'mfu', 'peak_gflops', 'model_gflops_per_step', 'params', 'threads', 'cpu_utilization'] as const) {
       expect(r[k], k).toBeGreaterThan(0);
     }
     expect(Number.isFinite(r.ms_backward)).toBe(true);
@@ -92,7 +92,7 @@ describe('bench', () => {
     expect(ratios.map((q) => q.cache)).toEqual([8, 16]);
     for (const q of ratios) expect(q.recompute_over_sinks).toBeGreaterThan(0);
 
-    const long = benchLong(model, { cache: 8, sinks: 4, milestones: [40, 20], window: 5, progress: false });
+    const long = await benchLong(model, { cache: 8, sinks: 4, milestones: [40, 20], window: 5, progress: false });
     expect(long.map((l) => l.tokens)).toEqual([20, 40]);
     for (const l of long) {
       expect(l.ms_per_token).toBeGreaterThan(0);
@@ -101,6 +101,11 @@ describe('bench', () => {
     }
     // The policy's cache is alive at both milestones: same count, nothing growing.
     expect(long[1]!.num_tensors).toBe(long[0]!.num_tensors);
+    // Stopped (Ctrl-C on a run of hours): what was measured comes back, marked where it stopped.
+    const stop = new AbortController();
+    stop.abort();
+    const cut = await benchLong(model, { cache: 8, sinks: 4, milestones: [100, 100_000], window: 5, progress: false, signal: stop.signal });
+    expect(cut.map((l) => [l.tokens, l.interrupted])).toEqual([[100, undefined], [256, true]]);
     model.dispose();
     // Caches, batches and profiles all freed (the model's own causal masks go with it).
     expect(numTensors() - base).toBe(residue);

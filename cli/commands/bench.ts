@@ -109,7 +109,7 @@ function trainTable(r: TrainBenchResult, name: string, note?: string): string {
   const c = r.config as Record<string, number>;
   const f = (x: number, d = 1) => x.toFixed(d).padStart(9);
   const lines = [
-    `sinklm bench train  [backend ${r.backend}, ${r.threads} threads, load average ${r.loadavg.toFixed(2)}]`,
+    `sinklm bench train  [backend ${r.backend}, ${r.threads} threads, load average ${r.loadavg.toFixed(2)}, CPU utilisation ${r.cpu_utilization.toFixed(2)}]`,
     `model            ${name}: ${c.num_hidden_layers} layers x ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}; ${(r.params / 1e6).toFixed(2)}M params (${(r.params_matmul / 1e6).toFixed(2)}M in matmuls)`,
     `batch x seq      ${r.batch} x ${r.seq} = ${r.batch * r.seq} tokens/step; ${r.steps} timed steps after ${r.warmup} warmup`,
     `tokens/s        ${f(r.tokens_per_s, 0)}`,
@@ -210,9 +210,20 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
         const { rows, ratios } = caches.length
           ? await benchDecode(model, { caches, policies, sinks: args.sinks, tokens: args.tokens, recomputeTokens: args['recompute-tokens'], warmup: args.warmup, log })
           : { rows: [], ratios: [] };
-        const longRows = long.length
-          ? benchLong(model, { cache: args['long-cache'], sinks: args.sinks, milestones: long, window: args['long-window'], progress: args.json ? false : undefined, log })
-          : [];
+        // Ctrl-C (or SIGTERM) on a long stream stops it and still prints what was measured.
+        const stop = new AbortController();
+        const onSignal = () => stop.abort();
+        process.on('SIGINT', onSignal);
+        process.on('SIGTERM', onSignal);
+        let longRows: Awaited<ReturnType<typeof benchLong>> = [];
+        try {
+          if (long.length) {
+            longRows = await benchLong(model, { cache: args['long-cache'], sinks: args.sinks, milestones: long, window: args['long-window'], progress: args.json ? false : undefined, signal: stop.signal, log });
+          }
+        } finally {
+          process.off('SIGINT', onSignal);
+          process.off('SIGTERM', onSignal);
+        }
         const m = machine();
         const note = busyNote(m.loadavg, m.threads);
         const settings = { tokens: args.tokens, recompute_tokens: args['recompute-tokens'], warmup: args.warmup, sinks: args.sinks, long_cache: long.length ? args['long-cache'] : undefined, long_window: long.length ? args['long-window'] : undefined };
@@ -230,7 +241,7 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
         if (longRows.length) {
           out.push(`long stream through sinks at ${args['long-cache']} keys (ms/token = mean of the last ${args['long-window']} tokens)`);
           out.push(`   tokens  ms/token  rss MB  tensors`);
-          for (const l of longRows) out.push(`${String(l.tokens).padStart(9)} ${l.ms_per_token.toFixed(2).padStart(9)} ${l.rss_mb.toFixed(0).padStart(7)} ${String(l.num_tensors).padStart(8)}`);
+          for (const l of longRows) out.push(`${String(l.tokens).padStart(9)} ${l.ms_per_token.toFixed(2).padStart(9)} ${l.rss_mb.toFixed(0).padStart(7)} ${String(l.num_tensors).padStart(8)}${l.interrupted ? '  (interrupted here)' : ''}`);
         }
         if (note) out.push(note);
         process.stdout.write(out.join('\n') + '\n');
