@@ -51,8 +51,10 @@ def main():
 
     cfg = {}
     if args.config_json:
-        cfg = load_json_arg(args.config_json)
-        cfg = cfg.get("config", cfg)  # accept the whole bench output too
+        whole = load_json_arg(args.config_json)
+        # The whole bench output carries batch/seq/threads at the top and the model under
+        # `config`: take the run shape from the top, the model from `config`.
+        cfg = {**{k: whole[k] for k in ("batch", "seq", "threads") if k in whole}, **whole.get("config", whole)}
     defaults = dict(layers=6, hidden=128, heads=4, vocab=4096, batch=16, seq=256,
                     steps=30, warmup=5, threads=2, rotary_pct=0.25)
     from_cfg = dict(
