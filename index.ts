@@ -39,3 +39,7 @@ export { attentionStats, attentionTokens, attentionPlot, type AttentionStats } f
 export { ablate, shipAblation } from './experiments/ablate.js';
 export { validate } from './experiments/validate.js';
 export { evaluateGrid, verdicts } from './experiments/grid.js';
+
+// bench/: throughput and latency
+export { benchTrain } from './bench/train.js';
+export { benchDecode, benchLong } from './bench/decode.js';

@@ -9,7 +9,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import seedrandom from 'seedrandom';
 import { backendInfo } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
-import { toHFConfig, validateNeoXConfig, type NeoXConfig } from '../model/config.js';
+import { toHFConfig, type NeoXConfig } from '../model/config.js';
+import { modelConfigFor } from '../train/modelconfig.js';
 import { GPTNeoX } from '../model/neox.js';
 import { initParams } from '../model/params.js';
 import { AdamW, type AdamWOptions } from '../train/optimizer.js';
@@ -18,34 +19,11 @@ import { profileKernels, type KernelProfile } from './profile.js';
 
 /**
  * The model a run config describes, without preparing its data: the vocabulary is the
- * size the config asks its tokenizer for (data.tokenizer.vocab_size), the sink token (in
- * `token` mode) its last id, as a trained sinklm tokenizer has them.
+ * size the config asks its tokenizer for (data.tokenizer.vocab_size), with <|endoftext|>
+ * at 0 and <|sink|> at 1, as a tokenizer sinklm trains has them.
  */
 export function benchModelConfig(cfg: RunConfig, over: Partial<NeoXConfig> = {}): NeoXConfig {
-  const m = cfg.model;
-  const vocab = cfg.data.tokenizer.vocab_size;
-  return validateNeoXConfig(
-    {
-      vocab_size: vocab,
-      hidden_size: m.hidden_size,
-      num_hidden_layers: m.num_hidden_layers,
-      num_attention_heads: m.num_attention_heads,
-      intermediate_size: m.intermediate_size ?? 4 * m.hidden_size,
-      rotary_pct: m.rotary_pct,
-      rotary_emb_base: m.rotary_emb_base,
-      max_position_embeddings: m.max_position_embeddings ?? cfg.train.seq_len,
-      layer_norm_eps: m.layer_norm_eps,
-      use_parallel_residual: true,
-      hidden_act: m.hidden_act,
-      initializer_range: m.initializer_range,
-      sink_mode: m.sink_mode,
-      sink_token_id: m.sink_mode === 'token' ? vocab - 1 : null,
-      bos_token_id: 0,
-      eos_token_id: 0,
-      ...over,
-    },
-    cfg.source,
-  );
+  return modelConfigFor(cfg, { vocabSize: cfg.data.tokenizer.vocab_size, sinkTokenId: 1, eosTokenId: 0 }, over);
 }
 
 /** Parameters that sit in matmuls: every layer's four projections and the output head. */

@@ -4,7 +4,14 @@ import type { TextTokenizer } from '../data/tokenizer.js';
 import type { NeoXConfig } from '../model/config.js';
 import { validateNeoXConfig } from '../model/config.js';
 
-export function modelConfigFor(cfg: RunConfig, tok: TextTokenizer): NeoXConfig {
+/** The vocabulary facts a model config needs from a tokenizer. */
+export interface VocabInfo {
+  vocabSize: number;
+  sinkTokenId: number;
+  eosTokenId: number | null;
+}
+
+export function modelConfigFor(cfg: RunConfig, tok: VocabInfo | TextTokenizer, over: Partial<NeoXConfig> = {}): NeoXConfig {
   const m = cfg.model;
   // Every variant of an ablation shares one vocabulary; the sink id is reserved in all of
   // them and only the `token` mode uses it. A tokenizer without <|sink|> gets one extra row.
@@ -27,6 +34,7 @@ export function modelConfigFor(cfg: RunConfig, tok: TextTokenizer): NeoXConfig {
       sink_token_id: m.sink_mode === 'token' ? tok.sinkTokenId : null,
       bos_token_id: tok.eosTokenId,
       eos_token_id: tok.eosTokenId,
+      ...over,
     },
     cfg.source,
   );
