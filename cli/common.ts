@@ -19,10 +19,17 @@ export function withJson<T>(y: Argv<T>): Argv<T & { json: boolean }> {
   });
 }
 
+/** For commands that stream token by token: one TensorFlow intra-op thread (see initBackend). */
+export const ONE_THREAD = { intraOpThreads: 1 } as const;
+
 /** Runs a command body; errors become one stderr line and an exit code, never a crash. */
-export async function runCommand(args: GlobalArgs, body: () => Promise<void>, opts: { backend?: boolean } = {}): Promise<void> {
+export async function runCommand(
+  args: GlobalArgs,
+  body: () => Promise<void>,
+  opts: { backend?: boolean; intraOpThreads?: number } = {},
+): Promise<void> {
   try {
-    if (opts.backend !== false) await initBackend({ prefer: args.backend, quiet: !!args.json });
+    if (opts.backend !== false) await initBackend({ prefer: args.backend, quiet: !!args.json, intraOpThreads: opts.intraOpThreads });
     await body();
   } catch (e) {
     const { line, code } = describeFailure(e);

@@ -4,7 +4,7 @@ import { loadRunConfig } from '../../core/config.js';
 import { prepareData } from '../../data/prepare.js';
 import { ablate, shipAblation } from '../../experiments/ablate.js';
 import { gridTable } from '../../experiments/report.js';
-import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   config: string;
@@ -37,5 +37,5 @@ export const ablateCommand: CommandModule<GlobalArgs, Args> = {
       process.stdout.write(`${gridTable(r, r.variants.map((v) => v.name))}\n\n`);
       for (const v of r.verdicts) process.stdout.write(`${v.holds ? 'HOLDS  ' : 'FAILS  '} ${v.claim}: ${v.evidence}\n`);
       process.stdout.write(`\nreport: ${path.join(r.out, 'report', 'report.md')} [${r.backend}]\n`);
-    }),
+    }, ONE_THREAD),
 };

@@ -3,7 +3,7 @@ import { UserError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
 import { attentionPlot, attentionStats, attentionTokens, formatAttentionStats, SINK_EPS } from '../../infer/attention.js';
 import { loadCheckpoint, readText } from '../../infer/text.js';
-import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -44,5 +44,5 @@ export const attentionCommand: CommandModule<GlobalArgs, Args> = {
       }
       process.stdout.write(formatAttentionStats(stats));
       if (args.plot) process.stdout.write(`plot: ${args.plot}\n`);
-    }),
+    }, ONE_THREAD),
 };

@@ -6,7 +6,7 @@ import { generate, parsePrompts, readPrompts, type OnText } from '../../infer/ge
 import { parseCache } from '../../infer/policy.js';
 import { checkSampling, type SamplingOptions } from '../../infer/sampling.js';
 import { loadCheckpoint } from '../../infer/text.js';
-import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -68,7 +68,7 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       } finally {
         ck.model.dispose();
       }
-    }),
+    }, ONE_THREAD),
 };
 
 /** Lines typed at the terminal, one turn each, until Ctrl-D. */

@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { loadCheckpoint, readText } from '../../infer/text.js';
 import { score } from '../../infer/score.js';
-import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -26,5 +26,5 @@ export const scoreCommand: CommandModule<GlobalArgs, Args> = {
       if (args.json) return printJson(r);
       const mean = r.nll.reduce((a, b) => a + b, 0) / r.nll.length;
       process.stdout.write(`tokens ${r.tokens.length}  nll_mean ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(3)}\n`);
-    }),
+    }, ONE_THREAD),
 };

@@ -4,7 +4,7 @@ import { writeFileAtomic } from '../../core/fsutil.js';
 import { parseCache, POLICIES, type PolicyName } from '../../infer/policy.js';
 import { streamEval } from '../../infer/stream.js';
 import { loadCheckpoint, readText, textStream } from '../../infer/text.js';
-import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -54,5 +54,5 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
       ck.model.dispose();
       if (args['per-token']) writeFileAtomic(args['per-token'], perToken.join('\n') + '\n');
       if (args.json) printJson({ results });
-    }),
+    }, ONE_THREAD),
 };

@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { validate } from '../../experiments/validate.js';
 import { gridTable, PAPER_TABLE3 } from '../../experiments/report.js';
-import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoints?: string;
@@ -28,5 +28,5 @@ export const validateCommand: CommandModule<GlobalArgs, Args> = {
       out.push('', `Recomputed grid vs the one recorded at ablation time (${r.recorded_backend}): max relative difference ${(r.max_rel_diff_vs_recorded * 100).toFixed(4)}%.`);
       out.push(`Models: ${r.variants.map((v) => `${v.name} (${(v.tokens_seen / 1e6).toFixed(1)}M tokens, val loss ${v.val_loss?.toFixed(3)})`).join(', ')}. Report: ${r.checkpoints}/report/report.md`);
       process.stdout.write(out.join('\n') + '\n');
-    }),
+    }, ONE_THREAD),
 };
