@@ -39,7 +39,7 @@ function markdown(r: AblationResult): string {
   lines.push(`| model | 0+1024 | 1+1023 | 2+1022 | 4+1020 |`, `|---|---:|---:|---:|---:|`);
   for (const p of PAPER_TABLE3) lines.push(`| ${p.model} | ${[0, 1, 2, 4].map((s) => p.values[s]).join(' | ')} |`);
   lines.push('', `## Verdicts`, '');
-  for (const v of r.verdicts) lines.push(`- **${v.holds === null ? 'n/a' : v.holds ? 'holds' : 'does not hold'}**: ${v.claim}. ${v.evidence}.`);
+  for (const v of r.verdicts) lines.push(`- **${v.holds === null ? 'inconclusive' : v.holds ? 'holds' : 'does not hold'}**: ${v.claim}. ${v.evidence}.`);
   lines.push('', `## References and quality`, '');
   lines.push(`| model | val loss | dense (within context) | recompute 0+${W} | Sink^0.3 (first token) | implicit-sink Sink^0.3 | mean first-token attention | tokens trained |`);
   lines.push(`|---|---:|---:|---:|---:|---:|---:|---:|`);

@@ -35,7 +35,7 @@ export const ablateCommand: CommandModule<GlobalArgs, Args> = {
       }
       if (args.json) return printJson({ ...r, curves: undefined });
       process.stdout.write(`${gridTable(r, r.variants.map((v) => v.name))}\n\n`);
-      for (const v of r.verdicts) process.stdout.write(`${v.holds ? 'HOLDS  ' : 'FAILS  '} ${v.claim}: ${v.evidence}\n`);
+      for (const v of r.verdicts) process.stdout.write(`${v.holds === null ? 'INCONCLUSIVE ' : v.holds ? 'HOLDS        ' : 'DOES NOT HOLD'}  ${v.claim}: ${v.evidence}\n`);
       process.stdout.write(`\nreport: ${path.join(r.out, 'report', 'report.md')} [${r.backend}]\n`);
     }, ONE_THREAD),
 };

@@ -24,7 +24,7 @@ export const validateCommand: CommandModule<GlobalArgs, Args> = {
       out.push('| model | 0+1024 | 1+1023 | 2+1022 | 4+1020 |', '|---|---:|---:|---:|---:|');
       for (const p of PAPER_TABLE3) out.push(`| ${p.model} | ${[0, 1, 2, 4].map((s) => p.values[s]).join(' | ')} |`);
       out.push('');
-      for (const v of r.verdicts) out.push(`${v.holds ? 'HOLDS        ' : 'DOES NOT HOLD'}  ${v.claim}: ${v.evidence}`);
+      for (const v of r.verdicts) out.push(`${v.holds === null ? 'INCONCLUSIVE ' : v.holds ? 'HOLDS        ' : 'DOES NOT HOLD'}  ${v.claim}: ${v.evidence}`);
       out.push('', `Recomputed grid vs the one recorded at ablation time (${r.recorded_backend}): max relative difference ${(r.max_rel_diff_vs_recorded * 100).toFixed(4)}%.`);
       out.push(`Models: ${r.variants.map((v) => `${v.name} (${(v.tokens_seen / 1e6).toFixed(1)}M tokens, val loss ${v.val_loss?.toFixed(3)})`).join(', ')}. Report: ${r.checkpoints}/report/report.md`);
       process.stdout.write(out.join('\n') + '\n');
