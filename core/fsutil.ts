@@ -50,6 +50,27 @@ export function readJsonFile(file: string): unknown {
   }
 }
 
+/**
+ * Reads a UTF-8 text file, refusing a missing file, binary content (NUL bytes) and
+ * invalid UTF-8 with a UserError naming the file.
+ */
+export function readUtf8File(file: string): string {
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UserError(code === 'ENOENT' ? 'file not found' : `cannot read (${code})`, { file });
+  }
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) throw new UserError(`binary file, not text (NUL byte at offset ${nul})`, { file });
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new UserError('not valid UTF-8 text', { file });
+  }
+}
+
 /** Checks that a directory can be created and written to, before a long job starts. */
 export function ensureWritableDir(dir: string): void {
   try {

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { tableFromIPC } from 'apache-arrow';
 import { UserError } from '../core/errors.js';
+import { readUtf8File } from '../core/fsutil.js';
 
 export interface Corpus {
   /** `sotu`, or the basename of the corpus path. */
@@ -50,21 +51,9 @@ export function corpusFiles(spec: string): string[] {
   return files;
 }
 
-/** Reads a text file, refusing binary content and invalid UTF-8. */
-function readText(file: string): string {
-  const bytes = fs.readFileSync(file);
-  const nul = bytes.indexOf(0);
-  if (nul >= 0) throw new UserError(`binary file, not text (NUL byte at offset ${nul})`, { file });
-  try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-  } catch {
-    throw new UserError('not valid UTF-8 text', { file });
-  }
-}
-
 function readJsonl(file: string, field: string): string[] {
   const docs: string[] = [];
-  readText(file)
+  readUtf8File(file)
     .split('\n')
     .forEach((line, i) => {
       if (line.trim() === '') return;
@@ -109,7 +98,7 @@ function readArrow(file: string, field: string): string[] {
 function readFileDocuments(file: string, field: string): string[] {
   switch (path.extname(file).toLowerCase()) {
     case '.txt':
-      return [readText(file)];
+      return [readUtf8File(file)];
     case '.jsonl':
       return readJsonl(file, field);
     default:

@@ -1,6 +1,6 @@
 /** From a checkpoint and a text file to the token stream a model sees. */
-import * as fs from 'node:fs';
 import { UserError } from '../core/errors.js';
+import { readUtf8File } from '../core/fsutil.js';
 import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import { checkpointTokenizerPath, loadModel } from '../model/checkpoint.js';
 import type { GPTNeoX } from '../model/neox.js';
@@ -28,20 +28,7 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
 }
 
 export function readText(file: string): string {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UserError(code === 'ENOENT' ? 'text file not found' : `cannot read (${code})`, { file });
-  }
-  if (buf.includes(0)) throw new UserError('looks binary (contains NUL bytes); give a UTF-8 text file', { file });
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(buf);
-  } catch {
-    throw new UserError('is not valid UTF-8', { file });
-  }
+  const text = readUtf8File(file);
   if (!text.trim()) throw new UserError('is empty', { file });
   return text;
 }
