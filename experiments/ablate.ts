@@ -9,13 +9,17 @@ import * as path from 'node:path';
 import type { RunConfig, SinkMode } from '../core/config.js';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { prepareData } from '../data/prepare.js';
-import { attentionStats, attentionTokens, type AttentionStats } from '../infer/attention.js';
-import { loadCheckpoint, readText } from '../infer/text.js';
+import type { AttentionStats } from '../infer/attention.js';
+import { readText } from '../infer/text.js';
 import { CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE } from '../model/checkpoint.js';
 import { listCheckpoints, METRICS_FILE, readState, STATE_FILE } from '../train/rundir.js';
 import { train } from '../train/trainer.js';
+import { emergenceTrace, sinkPoint, type EmergencePoint } from './emergence.js';
 import { evaluateGrid, gridCaches, verdicts, type GridCell, type GridSpec, type Verdict } from './grid.js';
 import { writeReport } from './report.js';
+
+/** Windows of the test text the attention statistics average over (Gu et al. use 100 x 64 tokens). */
+export const ATTENTION_WINDOWS = 8;
 
 export interface VariantSummary {
   name: string;
@@ -26,8 +30,8 @@ export interface VariantSummary {
   val_loss: number | null;
   train_seconds: number;
   attention: AttentionStats;
-  /** Sink metric at each weight snapshot taken during training. */
-  emergence: { step: number; first: number; implicit_sink: number | null; mean_first: number }[];
+  /** Sink metric at each weight snapshot taken during training, and at the end. */
+  emergence: EmergencePoint[];
   metrics: { step: number; loss?: number; val_loss?: number }[];
 }
 
@@ -66,11 +70,6 @@ function readMetrics(dir: string): VariantSummary['metrics'] {
     .split('\n')
     .filter(Boolean)
     .map((l) => JSON.parse(l) as VariantSummary['metrics'][number]);
-}
-
-function meanFirst(s: AttentionStats): number {
-  const all = s.layers.flatMap((l) => l.heads.map((h) => h.first));
-  return all.reduce((a, b) => a + b, 0) / all.length;
 }
 
 /** Trains what is missing: finished variants are reused, interrupted ones resumed. */
@@ -116,19 +115,10 @@ export async function ablate(
   const variants: VariantSummary[] = [];
   for (const [i, mode] of cfg.ablate.variants.entries()) {
     const m = models[i]!;
-    const ck = await loadCheckpoint(m.dir);
-    const attention = attentionStats(ck, attentionTokens(ck, text, context));
+    // Statistics over several windows of the test text, at every snapshot and at the end.
+    const { stats: attention } = await sinkPoint(m.dir, text, ATTENTION_WINDOWS, undefined, textFile);
     attention.model = m.name;
-    ck.model.dispose();
-    const emergence: VariantSummary['emergence'] = [];
-    const snaps = path.join(m.dir, 'snapshots');
-    for (const s of fs.existsSync(snaps) ? fs.readdirSync(snaps).sort() : []) {
-      const sck = await loadCheckpoint(path.join(snaps, s));
-      const st = attentionStats(sck, attentionTokens(sck, text, context));
-      sck.model.dispose();
-      emergence.push({ step: Number(s.slice(5)), first: st.sink_metric.first, implicit_sink: st.sink_metric.implicit_sink, mean_first: meanFirst(st) });
-    }
-    emergence.push({ step: cfg.train.max_steps, first: attention.sink_metric.first, implicit_sink: attention.sink_metric.implicit_sink, mean_first: meanFirst(attention) });
+    const emergence = (await emergenceTrace(m.dir, text, { windows: ATTENTION_WINDOWS, file: textFile, name: m.name })).points;
     const state = readState(m.dir);
     variants.push({
       name: m.name,

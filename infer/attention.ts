@@ -60,6 +60,8 @@ export interface AttentionStats {
   eps: number;
   /** Head-averaged attention over the first min(MAP_TOKENS, tokens) tokens, every layer. */
   maps: AttentionMap[];
+  /** How many windows of the text the means run over (1 unless attentionStatsOver). */
+  windows?: number;
   backend: string;
 }
 
@@ -140,6 +142,66 @@ export function attentionStats(ck: LoadedCheckpoint, tokens: number[], opts: { e
     eps,
     maps,
     backend: backendInfo().backend,
+  };
+}
+
+/**
+ * Windows of a text for attention statistics: `count` spans of the model's context, evenly
+ * spread over the text's tokens (each led by the sink token in a sink-token model). Gu et
+ * al. average over 100 samples; one window of 128 tokens is noisy (one head can look like a
+ * sink on one passage only).
+ */
+export function attentionWindows(ck: LoadedCheckpoint, text: string, count: number, file?: string): number[][] {
+  if (!Number.isInteger(count) || count < 1) throw new UserError('must be a positive whole number', { field: '--windows' });
+  const { tokens, prefix } = textStream(ck, text, undefined, file);
+  const head = tokens.slice(0, prefix);
+  const body = tokens.slice(prefix);
+  const span = Math.min(ck.model.config.max_position_embeddings - prefix, body.length);
+  if (span + prefix <= FIRST_K) throw new UserError(`gives ${body.length} tokens; at least ${FIRST_K + 1} are needed`, { file });
+  const room = body.length - span;
+  const n = Math.min(count, room + 1);
+  return Array.from({ length: n }, (_, i) => {
+    const start = n === 1 ? 0 : Math.round((i * room) / (n - 1));
+    return [...head, ...body.slice(start, start + span)];
+  });
+}
+
+/**
+ * attentionStats over several windows of the same length: per-head means (and the maps)
+ * averaged over the windows, the sink metric taken on those averages.
+ */
+export function attentionStatsOver(ck: LoadedCheckpoint, windows: number[][], opts: { eps?: number } = {}): AttentionStats {
+  if (windows.length === 0) throw new Error('attentionStatsOver needs at least one window');
+  const all = windows.map((w) => attentionStats(ck, w, opts));
+  const first = all[0]!;
+  if (all.some((s) => s.tokens !== first.tokens)) throw new Error('attentionStatsOver: windows differ in length');
+  const avg = (f: (s: AttentionStats) => number) => all.reduce((a, s) => a + f(s), 0) / all.length;
+  const layers: LayerStats[] = first.layers.map((l, li) => ({
+    layer: l.layer,
+    heads: l.heads.map((h, hi) => {
+      const at = (s: AttentionStats) => s.layers[li]!.heads[hi]!;
+      return {
+        head: h.head,
+        first: avg((s) => at(s).first),
+        first4: avg((s) => at(s).first4),
+        implicit_sink: h.implicit_sink === null ? null : avg((s) => at(s).implicit_sink!),
+      };
+    }),
+  }));
+  const maps = first.maps.map((m, mi) => ({
+    layer: m.layer,
+    values: m.values.map((row, q) => row.map((v, k) => (Number.isNaN(v) ? NaN : avg((s) => s.maps[mi]!.values[q]![k]!)))),
+  }));
+  const eps = first.eps;
+  const pairs = layers.flatMap((l) => l.heads);
+  const share = (f: (h: HeadStats) => number) => pairs.filter((h) => f(h) > eps).length / pairs.length;
+  const implicit = first.sink_metric.implicit_sink !== null;
+  return {
+    ...first,
+    layers,
+    maps,
+    windows: all.length,
+    sink_metric: { first: share((h) => h.first), implicit_sink: implicit ? share((h) => h.implicit_sink!) : null },
   };
 }
 
