@@ -7,9 +7,10 @@
  *                   while nothing is evicted), then every timed token evicts one
  *   dense           filled so that the last timed token attends to exactly C keys
  *   recompute       every token re-runs the model over a full window of C tokens
- * A timed token is what streaming does per token: the model's cached step (CachedPolicy.feed
- * is exactly model.step([token], cache)), or for recompute RecomputePolicy.feed's forward
- * over the window, plus reading the logits back (sampling or scoring needs them).
+ * A timed token is what streaming does per token: the model's cached step on the decode
+ * path streaming uses (CachedPolicy.feed is exactly stepOn(decodePath(), ...)), or for
+ * recompute RecomputePolicy.feed's forward over the window, plus reading the logits back
+ * (sampling or scoring needs them).
  */
 import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
@@ -18,7 +19,7 @@ import { backendInfo } from '../core/backend.js';
 import { progressBar } from '../core/progress.js';
 import { DenseCache } from '../infer/cache/dense.js';
 import { SinkCache } from '../infer/cache/sinks.js';
-import { makePolicy, parseCache, type PolicyName } from '../infer/policy.js';
+import { decodePath, makePolicy, parseCache, stepOn, type DecodePath, type PolicyName } from '../infer/policy.js';
 import { headDim } from '../model/config.js';
 import type { KVCache } from '../model/cache.js';
 import type { GPTNeoX } from '../model/neox.js';
@@ -27,6 +28,8 @@ import { median } from './train.js';
 
 export interface DecodeRow {
   policy: PolicyName;
+  /** Where the cached step ran (host typed arrays or backend kernels); recompute is always 'tensor'. */
+  decode: DecodePath;
   /** Keys per token: S + W for sinks, W for window and recompute, the keys reached for dense. */
   cache: number;
   /** "S+W" as stream-eval writes it. */
@@ -77,8 +80,8 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.le
 const rssMb = () => process.memoryUsage().rss / 2 ** 20;
 
 /** Feeds n tokens into a cache in prefill chunks (no logits read). */
-function prefill(model: GPTNeoX, cache: KVCache, ids: number[], chunk = 128): void {
-  for (let at = 0; at < ids.length; at += chunk) model.step(ids.slice(at, at + chunk), cache).dispose();
+function prefill(path: DecodePath, model: GPTNeoX, cache: DenseCache | SinkCache, ids: number[], chunk = 128): void {
+  for (let at = 0; at < ids.length; at += chunk) stepOn(path, model, ids.slice(at, at + chunk), cache).dispose();
 }
 
 function timeTokens(n: number, one: () => void): number[] {
@@ -95,14 +98,15 @@ async function cachedRow(model: GPTNeoX, policy: 'sinks' | 'window' | 'dense', C
   const c = model.config;
   const spec = cacheSpecFor(policy, C, o.sinks);
   const shape = { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) };
-  const cache: KVCache & { size: number } = policy === 'dense' ? new DenseCache() : new SinkCache(spec.sinks, spec.window, shape);
+  const cache = policy === 'dense' ? new DenseCache(shape) : new SinkCache(spec.sinks, spec.window, shape);
+  const path = decodePath();
   // Dense grows by one key per token: fill it so that the last timed token sees C keys.
   const fed = policy === 'dense' ? C - o.warmup - 1 - o.tokens : C;
   if (fed < 0) throw new Error(`dense at ${C} keys cannot time ${o.tokens} tokens after ${o.warmup} warmup (and one profiled); use fewer tokens`);
   try {
-    prefill(model, cache, Array.from({ length: fed }, rand));
+    prefill(path, model, cache, Array.from({ length: fed }, rand));
     const one = () => {
-      const logits = model.step([rand()], cache);
+      const logits = stepOn(path, model, [rand()], cache);
       logits.dataSync();
       logits.dispose();
     };
@@ -112,6 +116,7 @@ async function cachedRow(model: GPTNeoX, policy: 'sinks' | 'window' | 'dense', C
     const kv = cache.size;
     return {
       policy,
+      decode: path,
       cache: C,
       cache_spec: spec.label,
       ms_per_token: mean(ms),
@@ -144,6 +149,7 @@ async function recomputeRow(model: GPTNeoX, C: number, o: DecodeBenchOptions, ra
   const ms = timeTokens(o.recomputeTokens, one);
   return {
     policy: 'recompute',
+    decode: 'tensor',
     cache: C,
     cache_spec: `0+${C}`,
     ms_per_token: mean(ms),

@@ -4,7 +4,7 @@
  * `ablate` and `validate` both call this, so their numbers are the same computation.
  */
 import type { SinkMode } from '../core/config.js';
-import { parseCache, type PolicyName } from '../infer/policy.js';
+import { parseCache, type DecodePath, type PolicyName } from '../infer/policy.js';
 import { streamEval, streamEvalMany, type StreamRow } from '../infer/stream.js';
 import { loadCheckpoint, textStream } from '../infer/text.js';
 
@@ -32,6 +32,7 @@ export interface GridCell {
   tokens: number;
   ms_per_token: number;
   backend: string;
+  decode: DecodePath;
 }
 
 export interface GridResult {
@@ -80,7 +81,7 @@ export async function evaluateGrid(
 }
 
 function cell(model: string, mode: SinkMode, r: StreamRow): GridCell {
-  return { model, sink_mode: mode, cache: r.cache, policy: r.policy, ppl: r.ppl, nll_mean: r.nll_mean, tokens: r.tokens, ms_per_token: r.ms_per_token, backend: r.backend };
+  return { model, sink_mode: mode, cache: r.cache, policy: r.policy, ppl: r.ppl, nll_mean: r.nll_mean, tokens: r.tokens, ms_per_token: r.ms_per_token, backend: r.backend, decode: r.decode };
 }
 
 /** ppl of one cell of the sinks grid. */

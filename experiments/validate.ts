@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { SinkMode } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { readJsonFile } from '../core/fsutil.js';
+import type { DecodePath } from '../infer/policy.js';
 import { readText } from '../infer/text.js';
 import { evaluateGrid, verdicts, type GridCell, type GridSpec, type Verdict } from './grid.js';
 
@@ -26,6 +27,8 @@ export interface ValidateResult {
   verdicts: Verdict[];
   spec: GridSpec;
   backend: string;
+  /** Where the cached streaming step ran (see infer/policy.ts decodePath). */
+  decode: DecodePath;
   seconds: number;
   /** Largest relative difference from the grid recorded at ablation time. */
   max_rel_diff_vs_recorded: number;
@@ -65,6 +68,7 @@ export async function validate(opts: { dir?: string; progress?: boolean; log?: (
     verdicts: verdicts(grid, m.spec.window),
     spec: m.spec,
     backend: grid[0]?.backend ?? 'unknown',
+    decode: grid[0]!.decode,
     seconds: (performance.now() - started) / 1000,
     max_rel_diff_vs_recorded: maxRel,
     recorded_backend: m.backend,

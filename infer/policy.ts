@@ -9,8 +9,10 @@
  *              "sliding window with re-computation": stable, quadratic per token)
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { backendInfo } from '../core/backend.js';
 import { UserError } from '../core/errors.js';
 import { headDim } from '../model/config.js';
+import { hostStepOf, type HostKVCache } from '../model/hoststep.js';
 import type { GPTNeoX } from '../model/neox.js';
 import { DenseCache } from './cache/dense.js';
 import { SinkCache } from './cache/sinks.js';
@@ -48,8 +50,34 @@ export function checkCache(spec: CacheSpec, policy: PolicyName, maxPositions: nu
   }
 }
 
+export const DECODE_PATHS = ['host', 'tensor'] as const;
+export type DecodePath = (typeof DECODE_PATHS)[number];
+
+/**
+ * Where the cached policies run their one-token step: 'host' (model/hoststep.ts, typed
+ * arrays, no kernel dispatch; the default on CPU) or 'tensor' (GPTNeoX.step through the
+ * backend; the default on a GPU). SINKLM_DECODE=host|tensor overrides.
+ */
+export function decodePath(): DecodePath {
+  const env = process.env.SINKLM_DECODE;
+  if (env !== undefined && env !== '') {
+    if (!(DECODE_PATHS as readonly string[]).includes(env)) throw new UserError(`must be one of ${DECODE_PATHS.join(', ')} (got "${env}")`, { field: 'SINKLM_DECODE' });
+    return env as DecodePath;
+  }
+  return backendInfo().gpu ? 'tensor' : 'host';
+}
+
+/** One step of the model over a cache, on the chosen path: logits [B * n, V]. */
+export function stepOn(path: DecodePath, model: GPTNeoX, ids: number[], cache: (DenseCache | SinkCache) & HostKVCache): tf.Tensor2D {
+  if (path === 'tensor') return model.step(ids, cache);
+  const logits = hostStepOf(model).step(ids, cache);
+  return tf.tensor2d(logits, [ids.length, model.config.vocab_size]);
+}
+
 export interface StreamPolicy {
   readonly name: PolicyName;
+  /** Where its step runs (recompute's full forwards always run on the backend). */
+  readonly decode: DecodePath;
   readonly spec: CacheSpec;
   /** Feeds one token; returns the logits [1, V] for the next (the caller disposes them). */
   feed(token: number): tf.Tensor2D;
@@ -60,6 +88,7 @@ export interface StreamPolicy {
 
 class CachedPolicy implements StreamPolicy {
   private seen = 0;
+  readonly decode = decodePath();
   constructor(
     readonly name: PolicyName,
     readonly spec: CacheSpec,
@@ -74,7 +103,7 @@ class CachedPolicy implements StreamPolicy {
       );
     }
     this.seen++;
-    return this.model.step([token], this.cache);
+    return stepOn(this.decode, this.model, [token], this.cache);
   }
   get kvTokens(): number {
     return this.name === 'dense' ? this.cache.size : Math.min(this.seen, (this.cache as SinkCache).capacity);
@@ -86,6 +115,7 @@ class CachedPolicy implements StreamPolicy {
 
 class RecomputePolicy implements StreamPolicy {
   readonly name = 'recompute' as const;
+  readonly decode = 'tensor' as const;
   private readonly first: number[] = [];
   private recent: number[] = [];
   private last = 0;
@@ -117,7 +147,7 @@ class RecomputePolicy implements StreamPolicy {
  * batch: feed returns logits [B, V], row b for spec b. The grid's caches (0+W, 1+(W-1),
  * ...) share their capacity, so the whole grid costs one stream's steps.
  */
-export function makeSinkBatch(model: GPTNeoX, specs: CacheSpec[]): { feed(token: number): tf.Tensor2D; dispose(): void; readonly kvTokens: number } {
+export function makeSinkBatch(model: GPTNeoX, specs: CacheSpec[]): { feed(token: number): tf.Tensor2D; dispose(): void; readonly kvTokens: number; readonly decode: DecodePath } {
   const c = model.config;
   const shape = { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) };
   const cache = new SinkCache(
@@ -126,10 +156,12 @@ export function makeSinkBatch(model: GPTNeoX, specs: CacheSpec[]): { feed(token:
     shape,
   );
   let seen = 0;
+  const decode = decodePath();
   return {
+    decode,
     feed(token: number) {
       seen++;
-      return model.step(new Array<number>(specs.length).fill(token), cache);
+      return stepOn(decode, model, new Array<number>(specs.length).fill(token), cache);
     },
     get kvTokens() {
       return Math.min(seen, cache.capacity);
@@ -141,7 +173,7 @@ export function makeSinkBatch(model: GPTNeoX, specs: CacheSpec[]): { feed(token:
 export function makePolicy(model: GPTNeoX, name: PolicyName, spec: CacheSpec): StreamPolicy {
   const c = model.config;
   if (name === 'recompute') return new RecomputePolicy(spec, model);
-  if (name === 'dense') return new CachedPolicy(name, spec, model, new DenseCache());
   const shape = { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) };
+  if (name === 'dense') return new CachedPolicy(name, spec, model, new DenseCache(shape));
   return new CachedPolicy(name, spec, model, new SinkCache(spec.sinks, spec.window, shape));
 }

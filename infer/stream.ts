@@ -5,7 +5,7 @@
  */
 import { backendInfo } from '../core/backend.js';
 import { progressBar } from '../core/progress.js';
-import { checkCache, makePolicy, makeSinkBatch, type CacheSpec, type PolicyName } from './policy.js';
+import { checkCache, makePolicy, makeSinkBatch, type CacheSpec, type DecodePath, type PolicyName } from './policy.js';
 import type { LoadedCheckpoint } from './text.js';
 
 export interface StreamRow {
@@ -18,6 +18,8 @@ export interface StreamRow {
   kv_tokens_max: number;
   rss_mb_max: number;
   backend: string;
+  /** Where the cached step ran: 'host' (typed arrays + SIMD WebAssembly) or 'tensor' (backend kernels). */
+  decode: DecodePath;
 }
 
 export interface StreamRun {
@@ -88,6 +90,7 @@ export function streamEval(
       kv_tokens_max: kvMax,
       rss_mb_max: rssMax / 2 ** 20,
       backend: backendInfo().backend,
+      decode: p.decode,
     },
     nll,
   };
@@ -153,6 +156,7 @@ export function streamEvalMany(
         kv_tokens_max: kvMax,
         rss_mb_max: rssMax / 2 ** 20,
         backend: backendInfo().backend,
+        decode: p.decode,
       },
       nll: nll[b]!,
     };

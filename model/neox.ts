@@ -8,6 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CacheLayout, KVCache } from './cache.js';
+import { releaseHostStep } from './hoststep.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, normalize, rotaryTables } from './ops.js';
 import { paramSpecs, type ParamSpec } from './params.js';
@@ -49,6 +50,11 @@ export class GPTNeoX {
     this.rope = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
     this.ropeHost = { cos: this.rope.cos.dataSync() as Float32Array, sin: this.rope.sin.dataSync() as Float32Array };
     this.gatherGrad = tf.getKernel('UnsortedSegmentSum', tf.getBackend()) !== undefined;
+  }
+
+  /** Rotary cos/sin for every position, [max_position_embeddings, head_dim] row-major, on the host. */
+  ropeTables(): { cos: Float32Array; sin: Float32Array } {
+    return this.ropeHost;
   }
 
   private p<R extends tf.Rank>(name: string): tf.Tensor<R> {
@@ -205,6 +211,7 @@ export class GPTNeoX {
   }
 
   dispose(): void {
+    releaseHostStep(this);
     for (const v of this.params.values()) v.dispose();
     this.rope.cos.dispose();
     this.rope.sin.dispose();

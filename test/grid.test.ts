@@ -4,7 +4,7 @@ import { verdicts, type GridCell } from '../experiments/grid.js';
 function grid(rows: Record<string, [string, number[]]>): GridCell[] {
   const caches = ['0+64', '1+63', '2+62', '4+60'];
   return Object.entries(rows).flatMap(([model, [mode, ppl]]) =>
-    caches.map((cache, i) => ({ model, sink_mode: mode as GridCell['sink_mode'], cache, policy: 'sinks' as const, ppl: ppl[i]!, nll_mean: Math.log(ppl[i]!), tokens: 1280, ms_per_token: 1, backend: 'cpu' })),
+    caches.map((cache, i) => ({ model, sink_mode: mode as GridCell['sink_mode'], cache, policy: 'sinks' as const, ppl: ppl[i]!, nll_mean: Math.log(ppl[i]!), tokens: 1280, ms_per_token: 1, backend: 'cpu', decode: 'host' as const })),
   );
 }
 

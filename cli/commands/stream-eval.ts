@@ -47,7 +47,7 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
         if (!args.json) {
           const r = run.row;
           process.stdout.write(
-            `${r.policy.padEnd(9)} ${r.cache.padStart(9)}  ppl ${r.ppl.toFixed(3).padStart(9)}  tokens ${r.tokens}  ${r.ms_per_token.toFixed(2)} ms/token  kv ${r.kv_tokens_max}  rss ${r.rss_mb_max.toFixed(0)} MB  [${r.backend}]\n`,
+            `${r.policy.padEnd(9)} ${r.cache.padStart(9)}  ppl ${r.ppl.toFixed(3).padStart(9)}  tokens ${r.tokens}  ${r.ms_per_token.toFixed(2)} ms/token  kv ${r.kv_tokens_max}  rss ${r.rss_mb_max.toFixed(0)} MB  [${r.backend}, ${r.decode} step]\n`,
           );
         }
       }

@@ -18,8 +18,8 @@ export const validateCommand: CommandModule<GlobalArgs, Args> = {
       if (args.json) return printJson(r);
       const W = r.spec.window;
       const out: string[] = [];
-      out.push(`Streaming perplexity, ${r.spec.maxTokens} held-out tokens per cell, cache S+W' = ${W} (sinklm, backend ${r.backend}, ${r.seconds.toFixed(0)} s):`, '');
-      out.push(gridTable({ grid: r.grid.map((c) => ({ ...c, policy: 'sinks', nll_mean: Math.log(c.ppl), tokens: r.spec.maxTokens, ms_per_token: 0, backend: r.backend })), spec: r.spec }, r.variants.map((v) => v.name)));
+      out.push(`Streaming perplexity, ${r.spec.maxTokens} held-out tokens per cell, cache S+W' = ${W} (sinklm, backend ${r.backend}, ${r.decode} step, ${r.seconds.toFixed(0)} s):`, '');
+      out.push(gridTable({ grid: r.grid.map((c) => ({ ...c, policy: 'sinks', nll_mean: Math.log(c.ppl), tokens: r.spec.maxTokens, ms_per_token: 0, backend: r.backend, decode: r.decode })), spec: r.spec }, r.variants.map((v) => v.name)));
       out.push('', `The paper's Table 3 (Pythia-160M, cache 1024):`, '');
       out.push('| model | 0+1024 | 1+1023 | 2+1022 | 4+1020 |', '|---|---:|---:|---:|---:|');
       for (const p of PAPER_TABLE3) out.push(`| ${p.model} | ${[0, 1, 2, 4].map((s) => p.values[s]).join(' | ')} |`);

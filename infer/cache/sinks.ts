@@ -12,6 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CacheLayout, KVCache } from '../../model/cache.js';
+import { hostMemory } from '../../model/hostmem.js';
 import { NEG_INF } from '../../model/ops.js';
 
 export interface SinkWindow {
@@ -30,10 +31,14 @@ export class SinkCache implements KVCache {
   private readonly slotTime: Int32Array[];
   /** Tokens seen so far (every stream sees the same number). */
   private seen = 0;
-  private pendingSlot = 0;
+  /** Slot of each stream's first new token this step, and how many new tokens. */
+  private pendingSlots: number[] = [];
   private pendingN = 0;
   /** One-hot of the slot each stream writes this step, [B, 1, cap, 1] (batched writes). */
   private writeMask: tf.Tensor | null = null;
+  /** Host storage for HostStep: per layer a [B, H, cap, hd] block of hostMemory(), by byte offset. */
+  private hk: number[] = [];
+  private hv: number[] = [];
 
   constructor(
     sinks: number | SinkWindow[],
@@ -93,14 +98,10 @@ export class SinkCache implements KVCache {
       }
       for (let i = 0; i < n; i++) queryPositions[b * n + i] = keyPositions[b * cap + first + i]!;
     });
-    this.pendingSlot = slots[0]!;
+    this.pendingSlots = slots;
     this.pendingN = n;
-    if (n === 1) {
-      const mask = new Uint8Array(B * cap);
-      slots.forEach((slot, b) => (mask[b * cap + slot] = 1));
-      this.writeMask?.dispose();
-      this.writeMask = tf.keep(tf.tensor4d(mask, [B, 1, cap, 1], 'bool'));
-    }
+    this.writeMask?.dispose();
+    this.writeMask = null;
     return { queryPositions, keyPositions, bias, batch: B };
   }
 
@@ -119,10 +120,44 @@ export class SinkCache implements KVCache {
     return { k: nk, v: nv };
   }
 
+  /** Host-side update (HostStep): the new rows are copied into their slots in place. */
+  updateHost(layer: number, k: Float32Array, v: Float32Array): { k: number; v: number; stride: number } {
+    const { heads, headDim } = this.shape;
+    const B = this.streams.length;
+    const cap = this.capacity;
+    const n = this.pendingN;
+    const mem = hostMemory();
+    const size = B * heads * cap * headDim;
+    if (this.hk[layer] === undefined) {
+      this.hk[layer] = mem.alloc(size);
+      this.hv[layer] = mem.alloc(size);
+    }
+    const hk = mem.f32(this.hk[layer]!, size);
+    const hv = mem.f32(this.hv[layer]!, size);
+    for (let b = 0; b < B; b++) {
+      const slot = this.pendingSlots[b]!;
+      for (let h = 0; h < heads; h++) {
+        const from = (b * heads + h) * n * headDim;
+        const to = ((b * heads + h) * cap + slot) * headDim;
+        hk.set(k.subarray(from, from + n * headDim), to);
+        hv.set(v.subarray(from, from + n * headDim), to);
+      }
+    }
+    return { k: this.hk[layer]!, v: this.hv[layer]!, stride: cap };
+  }
+
   /** buf with each stream's pending slot(s) replaced by rows (an exact select, no arithmetic). */
   private write(buf: tf.Tensor4D, rows: tf.Tensor4D): tf.Tensor4D {
-    if (this.pendingN === 1) return tf.where(this.writeMask!, rows, buf) as tf.Tensor4D;
-    const s = this.pendingSlot;
+    if (this.pendingN === 1) {
+      if (!this.writeMask) {
+        const B = this.streams.length;
+        const mask = new Uint8Array(B * this.capacity);
+        this.pendingSlots.forEach((slot, b) => (mask[b * this.capacity + slot] = 1));
+        this.writeMask = tf.keep(tf.tensor4d(mask, [B, 1, this.capacity, 1], 'bool'));
+      }
+      return tf.where(this.writeMask, rows, buf) as tf.Tensor4D;
+    }
+    const s = this.pendingSlots[0]!;
     const n = this.pendingN;
     const parts: tf.Tensor4D[] = [];
     if (s > 0) parts.push(tf.slice(buf, [0, 0, 0, 0], [-1, -1, s, -1]));
@@ -142,5 +177,8 @@ export class SinkCache implements KVCache {
     this.writeMask = null;
     this.k = [];
     this.v = [];
+    for (const at of [...this.hk, ...this.hv]) if (at !== undefined) hostMemory().release(at);
+    this.hk = [];
+    this.hv = [];
   }
 }

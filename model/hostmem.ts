@@ -1,0 +1,104 @@
+/**
+ * One WebAssembly memory for the host decode step: the weights HostStep copies out of
+ * TensorFlow, the host KV caches, and the step's activations all live in it, so the SIMD
+ * kernels of model/kernels.wat read them in place. Blocks are handed out by offset; a
+ * view (Float32Array) is taken at the moment of use, because growing the memory detaches
+ * every earlier view.
+ */
+import { KERNELS_WASM_BASE64 } from './kernels.wasm.js';
+
+const PAGE = 65536;
+const ALIGN = 16;
+
+interface Kernels {
+  matvec(x: number, w: number, stride: number, b: number, bias: number, y: number, n: number, m: number): void;
+  wsum(p: number, v: number, stride: number, out: number, n: number, m: number): void;
+}
+
+export class HostMemory {
+  readonly memory: WebAssembly.Memory;
+  private readonly kernels: Kernels;
+  /** Free blocks [offset, bytes], sorted by offset and coalesced. */
+  private free: [number, number][] = [];
+  private readonly sizes = new Map<number, number>();
+  /** Everything at or above `top` is unused. Offset 0..ALIGN stays reserved (never a block). */
+  private top = ALIGN;
+
+  constructor() {
+    this.memory = new WebAssembly.Memory({ initial: 16 });
+    const module = new WebAssembly.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
+    this.kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as Kernels;
+  }
+
+  /** A zero-filled block of n float32s; returns its byte offset. */
+  alloc(n: number): number {
+    const bytes = Math.max(ALIGN, Math.ceil((n * 4) / ALIGN) * ALIGN);
+    let off = -1;
+    const i = this.free.findIndex(([, size]) => size >= bytes);
+    if (i >= 0) {
+      const [at, size] = this.free[i]!;
+      off = at;
+      if (size === bytes) this.free.splice(i, 1);
+      else this.free[i] = [at + bytes, size - bytes];
+    } else {
+      off = this.top;
+      this.top += bytes;
+      const need = Math.ceil(this.top / PAGE) - this.memory.buffer.byteLength / PAGE;
+      if (need > 0) this.memory.grow(need);
+    }
+    this.sizes.set(off, bytes);
+    new Float32Array(this.memory.buffer, off, bytes / 4).fill(0);
+    return off;
+  }
+
+  release(off: number): void {
+    const bytes = this.sizes.get(off);
+    if (bytes === undefined) throw new Error(`HostMemory: ${off} is not an allocated block`);
+    this.sizes.delete(off);
+    this.free.push([off, bytes]);
+    this.free.sort((a, b) => a[0] - b[0]);
+    const merged: [number, number][] = [];
+    for (const [at, size] of this.free) {
+      const last = merged.at(-1);
+      if (last && last[0] + last[1] === at) last[1] += size;
+      else merged.push([at, size]);
+    }
+    // A free block that reaches the top gives its room back to the top.
+    const last = merged.at(-1);
+    if (last && last[0] + last[1] === this.top) {
+      this.top = last[0];
+      merged.pop();
+    }
+    this.free = merged;
+  }
+
+  /** Bytes held in live blocks. */
+  get used(): number {
+    let s = 0;
+    for (const b of this.sizes.values()) s += b;
+    return s;
+  }
+
+  /** A view of n float32s at a byte offset; valid until the next alloc. */
+  f32(off: number, n: number): Float32Array {
+    return new Float32Array(this.memory.buffer, off, n);
+  }
+
+  /** y[o] = b[o] + x . w[o * stride .. + n) for o < m (b = 0: no bias). */
+  matvec(x: number, w: number, stride: number, b: number, y: number, n: number, m: number): void {
+    this.kernels.matvec(x, w, stride, b, b === 0 ? 0 : 1, y, n, m);
+  }
+
+  /** out[0..n) = sum over j < m of p[j] * v[j * stride .. + n). */
+  wsum(p: number, v: number, stride: number, out: number, n: number, m: number): void {
+    this.kernels.wsum(p, v, stride, out, n, m);
+  }
+}
+
+let shared: HostMemory | undefined;
+
+/** The process's one host memory (weights, caches and activations of every HostStep). */
+export function hostMemory(): HostMemory {
+  shared ??= new HostMemory();
+  return shared;
+}

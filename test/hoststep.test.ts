@@ -1,0 +1,202 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { DenseCache } from '../infer/cache/dense.js';
+import { SinkCache } from '../infer/cache/sinks.js';
+import { decodePath } from '../infer/policy.js';
+import { headDim } from '../model/config.js';
+import { HostMemory, hostMemory } from '../model/hostmem.js';
+import { erf, HostStep, hostStepOf } from '../model/hoststep.js';
+import type { GPTNeoX } from '../model/neox.js';
+import { maxAbsDiff, numTensors, testBackend, tinyModel } from './helpers.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+beforeAll(async () => {
+  await testBackend();
+});
+
+const stream = Array.from({ length: 30 }, (_, i) => (i * 11 + 5) % 50);
+
+function shapeOf(model: GPTNeoX) {
+  const c = model.config;
+  return { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) };
+}
+
+/** Logits of every step through GPTNeoX.step (TensorFlow kernels) and through HostStep. */
+function both(model: GPTNeoX, make: () => SinkCache | DenseCache, feeds: number[][]): [Float32Array, Float32Array][] {
+  const tensorCache = make();
+  const hostCache = make();
+  const host = new HostStep(model);
+  const out = feeds.map((ids): [Float32Array, Float32Array] => {
+    const l = model.step(ids, tensorCache);
+    const t = l.dataSync() as Float32Array;
+    l.dispose();
+    return [t, host.step(ids, hostCache)];
+  });
+  tensorCache.dispose();
+  hostCache.dispose();
+  return out;
+}
+
+describe('HostStep equals GPTNeoX.step', () => {
+  for (const mode of ['none', 'token', 'softmax1', 'logit'] as const) {
+    it(`${mode}: sinks cache through eviction, one token at a time, to 1e-5`, () => {
+      const model = tinyModel({ sink_mode: mode, sink_token_id: mode === 'token' ? 1 : null, num_hidden_layers: 3, num_attention_heads: 4, hidden_size: 32, intermediate_size: 48 });
+      for (const [S, W] of [[2, 6], [0, 5], [4, 30]]) {
+        const pairs = both(model, () => new SinkCache(S!, W!, shapeOf(model)), stream.map((t) => [t]));
+        for (const [t, h] of pairs) expect(maxAbsDiff(t, h)).toBeLessThan(1e-5);
+      }
+      model.dispose();
+    });
+  }
+
+  it('dense cache with a prefill chunk, then token by token (its buffers grow past 64 keys)', () => {
+    const model = tinyModel({ sink_mode: 'logit', hidden_act: 'gelu_new', max_position_embeddings: 128 });
+    const long = Array.from({ length: 100 }, (_, i) => (i * 13 + 1) % 50);
+    const feeds = [long.slice(0, 10), ...long.slice(10).map((t) => [t])];
+    const pairs = both(model, () => new DenseCache(shapeOf(model)), feeds);
+    for (const [t, h] of pairs) expect(maxAbsDiff(t, h)).toBeLessThan(1e-5);
+    model.dispose();
+  });
+
+  it('a sinks cache prefilled in one chunk, then evicting', () => {
+    const model = tinyModel({ sink_mode: 'softmax1' });
+    const feeds = [stream.slice(0, 8), ...stream.slice(8).map((t) => [t])];
+    const pairs = both(model, () => new SinkCache(2, 8, shapeOf(model)), feeds);
+    for (const [t, h] of pairs) expect(maxAbsDiff(t, h)).toBeLessThan(1e-5);
+    model.dispose();
+  });
+
+  it('several streams of one capacity stepped as a batch', () => {
+    const model = tinyModel({ sink_mode: 'none' });
+    const specs = [{ sinks: 0, window: 8 }, { sinks: 1, window: 7 }, { sinks: 4, window: 4 }];
+    const pairs = both(model, () => new SinkCache(specs, 0, shapeOf(model)), stream.map((t) => specs.map(() => t)));
+    for (const [t, h] of pairs) expect(maxAbsDiff(t, h)).toBeLessThan(1e-5);
+    model.dispose();
+  });
+
+  it('creates no tensors while stepping', () => {
+    const model = tinyModel();
+    const host = new HostStep(model);
+    const cache = new SinkCache(2, 6, shapeOf(model));
+    const before = numTensors();
+    for (const t of stream) host.step([t], cache);
+    expect(numTensors()).toBe(before);
+    cache.dispose();
+    model.dispose();
+  });
+});
+
+describe('host helpers', () => {
+  it('erf matches reference values to 2e-7', () => {
+    // erf(x) from tables (Abramowitz & Stegun 7.1), 10 digits.
+    const ref: [number, number][] = [[0, 0], [0.1, 0.1124629160], [0.5, 0.5204998778], [1, 0.8427007929], [1.5, 0.9661051465], [2, 0.9953222650], [3, 0.9999779095]];
+    for (const [x, y] of ref) {
+      expect(Math.abs(erf(x) - y)).toBeLessThan(2e-7);
+      expect(Math.abs(erf(-x) + y)).toBeLessThan(2e-7);
+    }
+  });
+
+  it('SINKLM_DECODE picks the path and rejects anything else', () => {
+    const saved = process.env.SINKLM_DECODE;
+    try {
+      process.env.SINKLM_DECODE = 'tensor';
+      expect(decodePath()).toBe('tensor');
+      process.env.SINKLM_DECODE = 'host';
+      expect(decodePath()).toBe('host');
+      process.env.SINKLM_DECODE = 'gpu';
+      expect(() => decodePath()).toThrow(/must be one of host, tensor/);
+    } finally {
+      if (saved === undefined) delete process.env.SINKLM_DECODE;
+      else process.env.SINKLM_DECODE = saved;
+    }
+  });
+});
+
+describe('host memory and kernels', () => {
+  it('the committed kernels are model/kernels.wat assembled (npm run build:kernels)', async () => {
+    // @ts-expect-error: a plain .mjs script without types
+    const { assembleKernels, kernelsModuleText } = await import('../scripts/build-kernels.mjs');
+    const text = fs.readFileSync(path.join(ROOT, 'model', 'kernels.wasm.ts'), 'utf8');
+    expect(text).toBe(kernelsModuleText(await assembleKernels()));
+  });
+
+  it('matvec and wsum agree with plain loops, tails (lengths not a multiple of 4) included', () => {
+    const mem = new HostMemory();
+    let seed = 1;
+    const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+    for (const [n, m, stride] of [[16, 5, 16], [13, 7, 13], [3, 4, 9], [6, 3, 8]] as const) {
+      const xs = Float32Array.from({ length: n }, rnd);
+      const ws = Float32Array.from({ length: m * stride }, rnd);
+      const bs = Float32Array.from({ length: m }, rnd);
+      const [x, w, b, y] = [mem.alloc(n), mem.alloc(m * stride), mem.alloc(m), mem.alloc(m)];
+      mem.f32(x, n).set(xs);
+      mem.f32(w, m * stride).set(ws);
+      mem.f32(b, m).set(bs);
+      mem.matvec(x, w, stride, b, y, n, m);
+      const got = mem.f32(y, m);
+      for (let o = 0; o < m; o++) {
+        let s = bs[o]!;
+        for (let i = 0; i < n; i++) s += xs[i]! * ws[o * stride + i]!;
+        expect(got[o]).toBeCloseTo(s, 5);
+      }
+      const first = got[0]!;
+      mem.matvec(x, w, stride, 0, y, n, m);
+      expect(mem.f32(y, m)[0]).toBeCloseTo(first - bs[0]!, 5);
+      // wsum: out = sum_j p[j] * w[j * stride .. + n), with a zero weight skipped.
+      const ps = Float32Array.from({ length: m }, (_, j) => (j === 1 ? 0 : rnd()));
+      const [p, out] = [mem.alloc(m), mem.alloc(n)];
+      mem.f32(p, m).set(ps);
+      mem.f32(out, n).fill(99);
+      mem.wsum(p, w, stride, out, n, m);
+      const o2 = mem.f32(out, n);
+      for (let i = 0; i < n; i++) {
+        let s = 0;
+        for (let j = 0; j < m; j++) s += ps[j]! * ws[j * stride + i]!;
+        expect(o2[i]).toBeCloseTo(s, 5);
+      }
+    }
+  });
+
+  it('blocks are zeroed, reused after release, and memory returns to where it was', () => {
+    const mem = new HostMemory();
+    const a = mem.alloc(10);
+    mem.f32(a, 10).fill(3);
+    const b = mem.alloc(100);
+    mem.release(a);
+    const c = mem.alloc(4);
+    expect(c).toBe(a);
+    expect(Array.from(mem.f32(c, 4))).toEqual([0, 0, 0, 0]);
+    mem.release(b);
+    mem.release(c);
+    expect(mem.used).toBe(0);
+    expect(() => mem.release(b)).toThrow();
+    // Growing past the initial pages keeps earlier contents.
+    const d = mem.alloc(8);
+    mem.f32(d, 8).fill(5);
+    const big = mem.alloc(4 << 20);
+    expect(mem.f32(d, 8)[7]).toBe(5);
+    mem.release(big);
+    mem.release(d);
+  });
+
+  it('caches and HostSteps give their host memory back', () => {
+    const mem = hostMemory();
+    const before = mem.used;
+    const model = tinyModel({ max_position_embeddings: 256 });
+    const host = hostStepOf(model);
+    const sinks = new SinkCache(2, 6, shapeOf(model));
+    const dense = new DenseCache(shapeOf(model));
+    for (const t of Array.from({ length: 150 }, (_, i) => i % 50)) {
+      host.step([t], dense);
+      host.step([t], sinks);
+    }
+    expect(mem.used).toBeGreaterThan(before);
+    sinks.dispose();
+    dense.dispose();
+    model.dispose();
+    expect(mem.used).toBe(before);
+  });
+});
