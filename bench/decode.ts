@@ -21,7 +21,7 @@ import { DenseCache } from '../infer/cache/dense.js';
 import { SinkCache } from '../infer/cache/sinks.js';
 import { decodePath, makePolicy, parseCache, stepOn, type DecodePath, type PolicyName } from '../infer/policy.js';
 import { headDim } from '../model/config.js';
-import type { KVCache } from '../model/cache.js';
+import { hostMemory } from '../model/hostmem.js';
 import type { GPTNeoX } from '../model/neox.js';
 import { profileKernels, type KernelStat } from './profile.js';
 import { median } from './train.js';
@@ -206,6 +206,10 @@ export interface LongRow {
   rss_mb: number;
   num_tensors: number;
   tensor_mb: number;
+  /** Bytes in live blocks of the host decode memory (weights, KV cache, activations). */
+  host_mb: number;
+  /** Where the step ran. */
+  decode: DecodePath;
 }
 
 export interface LongOptions {
@@ -247,8 +251,17 @@ export async function benchLong(model: GPTNeoX, o: LongOptions): Promise<LongRow
     const n = Math.min(win, t);
     let sum = 0;
     for (let i = 0; i < n; i++) sum += recent[(t - i) % win]!;
-    const r = { tokens: t, ms_per_token: sum / n, window_tokens: n, rss_mb: rssMb(), num_tensors: tf.memory().numTensors, tensor_mb: tf.memory().numBytes / 2 ** 20 };
-    log(`bench decode --long: ${t} tokens  ${r.ms_per_token.toFixed(2)} ms/token (last ${n})  rss ${r.rss_mb.toFixed(0)} MB  tensors ${r.num_tensors}`);
+    const r = {
+      tokens: t,
+      ms_per_token: sum / n,
+      window_tokens: n,
+      rss_mb: rssMb(),
+      num_tensors: tf.memory().numTensors,
+      tensor_mb: tf.memory().numBytes / 2 ** 20,
+      host_mb: hostMemory().used / 2 ** 20,
+      decode: policy.decode,
+    };
+    log(`bench decode --long: ${t} tokens  ${r.ms_per_token.toFixed(2)} ms/token (last ${n})  rss ${r.rss_mb.toFixed(0)} MB  tensors ${r.num_tensors}  host ${r.host_mb.toFixed(1)} MB [${r.decode} step]`);
     return r;
   };
   try {

@@ -84,7 +84,10 @@ describe('bench', () => {
       expect(r.ms_per_token).toBeGreaterThan(0);
       expect(r.ms_median).toBeGreaterThan(0);
       expect(r.rss_mb).toBeGreaterThan(0);
-      expect(r.ops_per_token).toBeGreaterThan(0);
+      // The host step runs no backend kernels; recompute's forward (and a tensor step) does.
+      if (r.decode === 'host') expect(r.ops_per_token).toBe(0);
+      else expect(r.ops_per_token).toBeGreaterThan(0);
+      expect(r.decode).toBe(r.policy === 'recompute' ? 'tensor' : 'host');
       // Every policy attends to exactly the cache size on its last timed token.
       expect(r.kv_tokens).toBe(r.cache);
     }
@@ -101,6 +104,7 @@ describe('bench', () => {
     }
     // The policy's cache is alive at both milestones: same count, nothing growing.
     expect(long[1]!.num_tensors).toBe(long[0]!.num_tensors);
+    expect(long[1]!.host_mb).toBe(long[0]!.host_mb);
     // Stopped (Ctrl-C on a run of hours): what was measured comes back, marked where it stopped.
     const stop = new AbortController();
     stop.abort();
