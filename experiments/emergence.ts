@@ -12,7 +12,7 @@ import { UserError } from '../core/errors.js';
 import { readJsonFile } from '../core/fsutil.js';
 import { lineChart } from '../core/plot.js';
 import { prepareData } from '../data/prepare.js';
-import { attentionStatsOver, attentionWindows, SINK_EPS, stackSvgs, type AttentionStats } from '../infer/attention.js';
+import { attentionStatsOver, attentionWindows, FIRST_K, SINK_EPS, stackSvgs, type AttentionStats } from '../infer/attention.js';
 import { loadCheckpoint } from '../infer/text.js';
 import { WEIGHTS_FILE } from '../model/checkpoint.js';
 import { METRICS_FILE, readState, RUN_FILE } from '../train/rundir.js';
@@ -152,24 +152,51 @@ export function formatEmergence(traces: EmergenceTrace[]): string {
   return out.join('\n') + '\n';
 }
 
-/** Two charts stacked: Sink^eps over steps, and the strongest head's first-token attention. */
+/** What a head spreading its attention evenly over what it can see gives the first token (queries FIRST_K..T-1). */
+export function uniformFirst(tokens: number): number {
+  let s = 0;
+  for (let q = FIRST_K; q < tokens; q++) s += 1 / (q + 1);
+  return s / (tokens - FIRST_K);
+}
+
+/** Run names for legends: folder names, with their parent's where two would read the same. */
+export function runLabels(runs: string[]): string[] {
+  const base = runs.map((r) => path.basename(path.resolve(r)));
+  return runs.map((r, i) => (base.filter((b) => b === base[i]).length > 1 ? path.join(path.basename(path.dirname(path.resolve(r))), base[i]!) : base[i]!));
+}
+
+/** Two charts stacked: Sink^eps over steps, and first-token attention (strongest head, mean, uniform). */
 export async function emergencePlot(traces: EmergenceTrace[]): Promise<string> {
-  const eps = traces[0]?.eps ?? SINK_EPS;
-  const sub = `${traces[0]?.windows ?? 1} windows of ${traces[0]?.tokens ?? '?'} test tokens per point [${traces[0]?.backend ?? '?'}]`;
+  const t0 = traces[0];
+  const eps = t0?.eps ?? SINK_EPS;
+  const sub = `${t0?.windows ?? 1} windows of ${t0?.tokens ?? '?'} test tokens per point [${t0?.backend ?? '?'}]`;
   const series = (f: (p: EmergencePoint) => number) => traces.map((t) => ({ name: t.name, x: t.points.map((p) => p.step), y: t.points.map(f) }));
+  const top = Math.max(0.1, ...traces.flatMap((t) => t.points.map((p) => p.sink)));
   const sink = await lineChart({
     title: `Sink^${eps} over training: share of heads with first-token attention > ${eps}`,
     subtitle: sub,
     xLabel: 'training step',
     yLabel: `Sink^${eps}`,
+    yDomain: [0, Math.min(1, top * 1.1)],
     series: series((p) => p.sink),
   });
+  const steps = traces.flatMap((t) => t.points.map((p) => p.step));
+  const contexts = [...new Set(traces.map((t) => t.tokens))];
+  const uniform = contexts.map((T) => ({
+    name: `uniform attention${contexts.length > 1 ? ` (${T} tokens)` : ''}`,
+    x: [Math.min(...steps), Math.max(...steps)],
+    y: [uniformFirst(T), uniformFirst(T)],
+  }));
   const strongest = await lineChart({
     title: 'First-token attention: the strongest head, and the mean over all heads',
-    subtitle: 'a sink head puts most of its attention on the first token whatever the query',
+    subtitle: `a sink head puts most of its attention on the first token whatever the query (Sink^${eps} counts heads above ${eps})`,
     xLabel: 'training step',
     yLabel: 'attention on the first token',
-    series: [...series((p) => p.max_first).map((s) => ({ ...s, name: `${s.name}: strongest head` })), ...series((p) => p.mean_first).map((s) => ({ ...s, name: `${s.name}: mean` }))],
+    series: [
+      ...series((p) => p.max_first).map((s) => ({ ...s, name: `${s.name}: strongest head` })),
+      ...series((p) => p.mean_first).map((s) => ({ ...s, name: `${s.name}: mean` })),
+      ...uniform,
+    ],
   });
   return stackSvgs([sink, strongest]);
 }

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UserError } from '../core/errors.js';
 import { trainTokenizer, type TextTokenizer } from '../data/tokenizer.js';
-import { emergencePlot, emergenceTrace, runWeights } from '../experiments/emergence.js';
+import { emergencePlot, emergenceTrace, runLabels, runWeights, uniformFirst } from '../experiments/emergence.js';
 import { attentionStats, attentionStatsOver, attentionWindows } from '../infer/attention.js';
 import type { LoadedCheckpoint } from '../infer/text.js';
 import { saveModel } from '../model/checkpoint.js';
@@ -76,6 +76,17 @@ describe('attentionStatsOver', () => {
     const eps = (sorted[3]! + sorted[4]!) / 2;
     expect(attentionStatsOver(ck, w, { eps }).sink_metric.first).toBe(4 / 8);
     ck.model.dispose();
+  });
+});
+
+describe('emergence helpers', () => {
+  it('uniformFirst is what an even spread gives token 0, averaged over queries 4..T-1', () => {
+    expect(uniformFirst(5)).toBeCloseTo(1 / 5, 12);
+    expect(uniformFirst(6)).toBeCloseTo((1 / 5 + 1 / 6) / 2, 12);
+    expect(uniformFirst(128)).toBeCloseTo(0.0270, 4);
+  });
+  it('runLabels adds the parent folder only where names collide', () => {
+    expect(runLabels(['runs/a/none', 'runs/b/none', 'runs/emerge/wd1'])).toEqual(['a/none', 'b/none', 'wd1']);
   });
 });
 

@@ -1,8 +1,7 @@
-import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { UserError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
-import { emergencePlot, emergenceTrace, formatEmergence, runTestText, type EmergenceTrace } from '../../experiments/emergence.js';
+import { emergencePlot, emergenceTrace, formatEmergence, runLabels, runTestText, type EmergenceTrace } from '../../experiments/emergence.js';
 import { SINK_EPS } from '../../infer/attention.js';
 import { readText } from '../../infer/text.js';
 import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
@@ -34,9 +33,10 @@ export const emergenceCommand: CommandModule<GlobalArgs, Args> = {
       if (!(args.eps > 0 && args.eps < 1)) throw new UserError('must be between 0 and 1', { field: '--eps' });
       const log = (l: string) => process.stderr.write(l + '\n');
       const traces: EmergenceTrace[] = [];
-      for (const run of args.runs) {
+      const names = runLabels(args.runs);
+      for (const [i, run] of args.runs.entries()) {
         const file = args.text ?? (await runTestText(run, args.json ? undefined : log));
-        const name = path.basename(path.resolve(run));
+        const name = names[i]!;
         if (!args.json) log(`emergence: ${name}: measuring every snapshot over ${args.windows} windows of ${file}`);
         traces.push(await emergenceTrace(run, readText(file), { windows: args.windows, eps: args.eps, file, name }));
       }
