@@ -62,6 +62,8 @@ export const TrainSection = z
     seq_len: positiveInt.min(2).default(256),
     batch_size: positiveInt.default(16),
     grad_accum: positiveInt.default(1),
+    /** Data-parallel processes sharing every batch, each on one TensorFlow thread (train/replicas.ts). */
+    replicas: positiveInt.default(1),
     max_steps: positiveInt.default(1000),
     lr: z.number().positive().default(1e-3),
     min_lr_ratio: z.number().min(0).max(1).default(0.1),
@@ -187,6 +189,9 @@ export function parseRunConfig(raw: unknown, file: string): RunConfig {
       `rotary_pct ${m.rotary_pct} x head dim ${headDim} gives ${rotary} rotary dims; it must be an even number >= 2`,
       { file, field: 'model.rotary_pct' },
     );
+  }
+  if (cfg.train.batch_size % cfg.train.replicas !== 0) {
+    throw new UserError(`batch_size ${cfg.train.batch_size} does not split evenly over ${cfg.train.replicas} replicas`, { file, field: 'train.replicas' });
   }
   if (m.max_position_embeddings !== undefined && m.max_position_embeddings < cfg.train.seq_len) {
     throw new UserError(

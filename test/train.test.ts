@@ -78,6 +78,41 @@ describe('training', () => {
     for (let s = 1; s <= 20; s++) expect(lb.get(s)).toBe(la.get(s));
   });
 
+  it('two data-parallel replicas give the one-process losses (to float rounding) and resume bit-identically', async () => {
+    const one = path.join(tmp, 'replicas-1');
+    const two = path.join(tmp, 'replicas-2');
+    const split = path.join(tmp, 'replicas-2-split');
+    await train(config(), { ...quiet, out: one });
+    const r = await train(config({ train: { replicas: 2 } }), { ...quiet, out: two });
+    expect(r.step).toBe(20);
+    const l1 = losses(one);
+    const l2 = losses(two);
+    for (let s = 1; s <= 20; s++) expect(Math.abs(l2.get(s)! - l1.get(s)!)).toBeLessThan(1e-4);
+    await train(config({ train: { replicas: 2 } }), { ...quiet, out: split, stopAt: 10 });
+    await train(config({ train: { replicas: 2 } }), { ...quiet, out: split, resume: true });
+    const ls = losses(split);
+    for (let s = 1; s <= 20; s++) expect(ls.get(s)).toBe(l2.get(s));
+    // The weights the helper trained with are the trainer's: the saved model matches.
+    const a = loadModel(two);
+    const b = loadModel(split);
+    const wa = await a.weights();
+    const wb = await b.weights();
+    for (const [name, w] of wa) expect(Array.from(wb.get(name)!.data)).toEqual(Array.from(w.data));
+    a.dispose();
+    b.dispose();
+  });
+
+  it('a batch that does not split over the replicas is refused naming train.replicas', () => {
+    let err: unknown;
+    try {
+      config({ train: { batch_size: 6, replicas: 4 } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).line()).toMatch(/train\.replicas/);
+  });
+
   it('refuses a resume whose config changed, and an output folder that holds a run', async () => {
     const out = path.join(tmp, 'straight');
     const err = await train(config({ train: { lr: 5e-3 } }), { ...quiet, out, resume: true }).catch((e) => e);

@@ -20,6 +20,7 @@ import { initParams } from '../model/params.js';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.js';
 import { modelConfigFor } from './modelconfig.js';
 import { AdamW } from './optimizer.js';
+import { ReplicaPool, shareGradients } from './replicas.js';
 import {
   checkOutDir,
   checkSameRun,
@@ -156,6 +157,18 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     opt.load(readSafetensors(path.join(last.dir, OPTIMIZER_FILE)).tensors, state.optimizer_t);
   }
 
+  // Data-parallel helpers (train.replicas > 1) start from the weights just loaded or made.
+  let pool: ReplicaPool | null = null;
+  try {
+    if (t.replicas > 1) {
+      pool = await ReplicaPool.start(model, t.replicas, info.backend);
+      log(`sinklm train: ${t.replicas} data-parallel replicas, ${t.batch_size / t.replicas} rows of every batch each`);
+    }
+  } catch (e) {
+    opt.dispose();
+    model.dispose();
+    throw e;
+  }
   const tb = new TensorBoardWriter(out);
   const metrics = fs.openSync(path.join(out, METRICS_FILE), 'a');
   const B = t.batch_size;
@@ -257,11 +270,10 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
       const grads = new Map<string, tf.Tensor>();
       let loss: tf.Scalar | null = null;
       for (let a = 0; a < t.grad_accum; a++) {
-        const { input, target, mask } = toTensors(sampler.next(), B, T);
-        const { value, grads: g } = tf.variableGrads(() => model.loss(model.forward(input), target, mask));
-        tf.dispose([input, target, mask]);
-        for (const [name, v] of model.params) {
-          const gi = g[v.name]!;
+        const batch = sampler.next();
+        const { loss: value, grads: g } = pool ? await pool.gradients(model, batch, B, T) : shareGradients(model, { ...batch, B, T });
+        for (const name of model.params.keys()) {
+          const gi = g.get(name)!;
           const prev = grads.get(name);
           grads.set(name, prev ? tf.tidy(() => tf.add(prev, gi)) : gi);
           if (prev) tf.dispose([prev, gi]);
@@ -281,6 +293,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
       lastNorm?.dispose();
       lastNorm = opt.apply(grads, lr);
       tf.dispose([...grads.values()]);
+      await pool?.broadcast(model);
       tokensSeen += tokensPerStep;
       intervalTokens += tokensPerStep;
       pending.push({ step, loss: loss!, lr });
@@ -318,6 +331,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     }
     tf.dispose(pending.map((p) => p.loss));
     lastNorm?.dispose();
+    pool?.close();
     tb.close();
     fs.closeSync(metrics);
     opt.dispose();

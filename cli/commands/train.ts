@@ -1,4 +1,5 @@
 import type { CommandModule } from 'yargs';
+import { initBackend } from '../../core/backend.js';
 import { loadRunConfig } from '../../core/config.js';
 import { UserError } from '../../core/errors.js';
 import { train } from '../../train/trainer.js';
@@ -26,6 +27,8 @@ export const trainCommand: CommandModule<GlobalArgs, Args> = {
   handler: (args) =>
     runCommand(args, async () => {
       const cfg = loadRunConfig(args.config);
+      // Data-parallel replicas each run one TensorFlow thread; so does this process, their rank 0.
+      await initBackend({ prefer: args.backend, quiet: !!args.json, intraOpThreads: cfg.train.replicas > 1 ? 1 : undefined });
       const stopAt = args['max-steps'];
       if (stopAt !== undefined && (!Number.isInteger(stopAt) || stopAt < 1)) throw new UserError('must be a positive integer', { field: '--max-steps' });
       const r = await train(cfg, { out: args.out, stopAt, resume: args.resume, progress: args.json ? false : undefined });
@@ -33,5 +36,5 @@ export const trainCommand: CommandModule<GlobalArgs, Args> = {
       process.stdout.write(
         `${r.stopped === 'signal' ? 'interrupted' : 'done'}: step ${r.step}, loss ${r.loss?.toFixed(4) ?? '-'}, val loss ${r.valLoss?.toFixed(4) ?? '-'}, ${Math.round(r.tokensPerSecond)} tokens/s [${r.backend}] -> ${r.out}\n`,
       );
-    }),
+    }, { backend: false }),
 };
