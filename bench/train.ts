@@ -14,6 +14,7 @@ import { modelConfigFor } from '../train/modelconfig.js';
 import { GPTNeoX } from '../model/neox.js';
 import { initParams } from '../model/params.js';
 import { AdamW, type AdamWOptions } from '../train/optimizer.js';
+import { ReplicaPool } from '../train/replicas.js';
 import { measureMatmulPeak, type PeakResult } from './peak.js';
 import { profileKernels, type KernelProfile } from './profile.js';
 
@@ -68,6 +69,8 @@ export interface TrainBenchOptions {
   topKernels?: number;
   /** Progress lines (stderr in the CLI). */
   log?: (line: string) => void;
+  /** Data-parallel replicas for the whole steps (train.replicas; default 1). */
+  replicas?: number;
 }
 
 export interface TrainBenchResult {
@@ -77,6 +80,8 @@ export interface TrainBenchResult {
   steps: number;
   warmup: number;
   tokens_per_s: number;
+  /** Processes the whole steps ran on (train.replicas); the split and profile are one process's. */
+  replicas: number;
   /** Mean wall time of a whole training step, synchronised once at its end. */
   ms_per_step: number;
   ms_per_step_median: number;
@@ -115,7 +120,7 @@ interface Batch {
   mask: tf.Tensor1D;
 }
 
-function randomBatch(rng: () => number, B: number, T: number, V: number): Batch {
+function hostBatch(rng: () => number, B: number, T: number, V: number): { input: Int32Array; target: Int32Array; mask: Float32Array } {
   const ids = new Int32Array(B * (T + 1));
   for (let i = 0; i < ids.length; i++) ids[i] = Math.floor(rng() * V);
   const input = new Int32Array(B * T);
@@ -124,11 +129,12 @@ function randomBatch(rng: () => number, B: number, T: number, V: number): Batch 
     input.set(ids.subarray(b * (T + 1), b * (T + 1) + T), b * T);
     target.set(ids.subarray(b * (T + 1) + 1, (b + 1) * (T + 1)), b * T);
   }
-  return {
-    input: tf.tensor2d(input, [B, T], 'int32'),
-    target: tf.tensor1d(target, 'int32'),
-    mask: tf.ones([B * T], 'float32') as tf.Tensor1D,
-  };
+  return { input, target, mask: new Float32Array(B * T).fill(1) };
+}
+
+function randomBatch(rng: () => number, B: number, T: number, V: number): Batch {
+  const h = hostBatch(rng, B, T, V);
+  return { input: tf.tensor2d(h.input, [B, T], 'int32'), target: tf.tensor1d(h.target, 'int32'), mask: tf.tensor1d(h.mask, 'float32') };
 }
 
 function disposeBatch(b: Batch): void {
@@ -167,6 +173,9 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
   const rng = seedrandom(`sinklm-bench-${o.seed ?? 0}`);
   const model = new GPTNeoX(c, initParams(c, o.seed ?? 0));
   const opt = new AdamW(model.params, model.specs, o.adamw);
+  const replicas = o.replicas ?? 1;
+  if (B % replicas !== 0) throw new Error(`batch ${B} does not split over ${replicas} replicas`);
+  const pool = replicas > 1 ? await ReplicaPool.start(model, replicas, backendInfo().backend) : null;
   const embedName = 'gpt_neox.embed_in.weight';
   const lastParam = model.specs.at(-1)!.name;
   try {
@@ -183,16 +192,32 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
     // for everything the step queued.
     const stepMs: number[] = [];
     const cpu0 = process.cpuUsage();
-    for (let i = 0; i < o.steps; i++) {
-      const b = randomBatch(rng, B, T, c.vocab_size);
-      const t0 = performance.now();
-      const loss = trainStep(model, opt, b, o.lr);
-      loss.dataSync();
-      stepMs.push(performance.now() - t0);
-      loss.dispose();
-      disposeBatch(b);
-      log(`bench train: step ${i + 1}/${o.steps}  ${stepMs.at(-1)!.toFixed(0)} ms`);
+    if (pool) {
+      // As the trainer steps with replicas: gradients of every share, AdamW, weights back.
+      for (let i = 0; i < o.warmup + o.steps; i++) {
+        const b = hostBatch(rng, B, T, c.vocab_size);
+        const t0 = performance.now();
+        const { loss, grads } = await pool.gradients(model, b, B, T);
+        const norm = opt.apply(grads, o.lr);
+        await pool.broadcast(model);
+        loss.dataSync();
+        if (i >= o.warmup) stepMs.push(performance.now() - t0);
+        tf.dispose([loss, norm, ...grads.values()]);
+        log(`bench train: ${replicas} replicas, step ${i + 1}/${o.warmup + o.steps}  ${(performance.now() - t0).toFixed(0)} ms${i < o.warmup ? ' (warmup)' : ''}`);
+      }
+    } else {
+      for (let i = 0; i < o.steps; i++) {
+        const b = randomBatch(rng, B, T, c.vocab_size);
+        const t0 = performance.now();
+        const loss = trainStep(model, opt, b, o.lr);
+        loss.dataSync();
+        stepMs.push(performance.now() - t0);
+        loss.dispose();
+        disposeBatch(b);
+        log(`bench train: step ${i + 1}/${o.steps}  ${stepMs.at(-1)!.toFixed(0)} ms`);
+      }
     }
+    pool?.close();
     const cpu = process.cpuUsage(cpu0);
     const cpuUtil = (cpu.user + cpu.system) / 1000 / (stepMs.reduce((a, b) => a + b, 0) * backendInfo().threads);
 
@@ -250,6 +275,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
       steps: o.steps,
       warmup: o.warmup,
       tokens_per_s: tokensPerS,
+      replicas,
       ms_per_step: msStep,
       ms_per_step_median: median(stepMs),
       ms_forward: mean(fwdMs),
@@ -270,6 +296,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
       config: toHFConfig(c),
     };
   } finally {
+    pool?.close();
     opt.dispose();
     model.dispose();
   }

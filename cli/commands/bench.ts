@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type { Argv, CommandModule } from 'yargs';
 import { benchDecode, benchLong, cacheSpecFor, machine } from '../../bench/decode.js';
 import { benchModelConfig, benchTrain, type TrainBenchResult } from '../../bench/train.js';
+import { initBackend } from '../../core/backend.js';
 import { loadRunConfig } from '../../core/config.js';
 import { UserError } from '../../core/errors.js';
 import { checkCache, POLICIES, type PolicyName } from '../../infer/policy.js';
@@ -63,6 +64,7 @@ interface TrainArgs extends GlobalArgs {
   warmup: number;
   batch?: number;
   seq?: number;
+  replicas?: number;
   json: boolean;
 }
 
@@ -76,22 +78,29 @@ const trainSub: CommandModule<GlobalArgs, TrainArgs> = {
         .option('steps', { type: 'number', default: 10, describe: 'timed steps (the split runs as many again)' })
         .option('warmup', { type: 'number', default: 2, describe: 'untimed steps first' })
         .option('batch', { type: 'number', describe: 'override train.batch_size' })
-        .option('seq', { type: 'number', describe: 'override train.seq_len' }),
+        .option('seq', { type: 'number', describe: 'override train.seq_len' })
+        .option('replicas', { type: 'number', describe: 'data-parallel processes, one TensorFlow thread each (override train.replicas)' }),
     ),
   handler: (args) =>
     runCommand(args, async () => {
       positiveInt(args.steps, '--steps');
+      positiveInt(args.replicas, '--replicas');
       positiveInt(args.warmup, '--warmup', 0);
       positiveInt(args.batch, '--batch');
       positiveInt(args.seq, '--seq', 2);
       const cfg = loadRunConfig(args.config ?? defaultConfig());
       const t = cfg.train;
+      const replicas = args.replicas ?? t.replicas;
+      const batch = args.batch ?? t.batch_size;
+      if (batch % replicas !== 0) throw new UserError(`batch ${batch} does not split evenly over ${replicas} replicas`, { field: '--replicas' });
+      await initBackend({ prefer: args.backend, quiet: !!args.json, intraOpThreads: replicas > 1 ? 1 : undefined });
       const seq = args.seq ?? t.seq_len;
       const model = benchModelConfig(cfg, { max_position_embeddings: Math.max(seq, cfg.model.max_position_embeddings ?? t.seq_len) });
       const r = await benchTrain({
         model,
-        batch: args.batch ?? t.batch_size,
+        batch,
         seq,
+        replicas,
         steps: args.steps,
         warmup: args.warmup,
         adamw: { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weightDecay: t.weight_decay, gradClip: t.grad_clip },
@@ -102,17 +111,17 @@ const trainSub: CommandModule<GlobalArgs, TrainArgs> = {
       const note = busyNote(r.loadavg, r.threads);
       if (args.json) return printJson({ ...r, config_file: path.relative(process.cwd(), cfg.source), ...(note ? { note } : {}) });
       process.stdout.write(trainTable(r, cfg.name ?? path.basename(cfg.source, '.json'), note));
-    }),
+    }, { backend: false }),
 };
 
 function trainTable(r: TrainBenchResult, name: string, note?: string): string {
   const c = r.config as Record<string, number>;
   const f = (x: number, d = 1) => x.toFixed(d).padStart(9);
   const lines = [
-    `sinklm bench train  [backend ${r.backend}, ${r.threads} threads, load average ${r.loadavg.toFixed(2)}, CPU utilisation ${r.cpu_utilization.toFixed(2)}]`,
+    `sinklm bench train  [backend ${r.backend}, ${r.replicas > 1 ? `${r.replicas} replicas x ` : ''}${r.threads} threads, load average ${r.loadavg.toFixed(2)}, CPU utilisation ${r.cpu_utilization.toFixed(2)}${r.replicas > 1 ? ' (this process)' : ''}]`,
     `model            ${name}: ${c.num_hidden_layers} layers x ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}; ${(r.params / 1e6).toFixed(2)}M params (${(r.params_matmul / 1e6).toFixed(2)}M in matmuls)`,
     `batch x seq      ${r.batch} x ${r.seq} = ${r.batch * r.seq} tokens/step; ${r.steps} timed steps after ${r.warmup} warmup`,
-    `tokens/s        ${f(r.tokens_per_s, 0)}`,
+    `tokens/s        ${f(r.tokens_per_s, 0)}${r.replicas > 1 ? `   (${r.replicas} data-parallel replicas; the split and profile below are this process alone on the whole batch)` : ''}`,
     `ms/step         ${f(r.ms_per_step)}   (median ${r.ms_per_step_median.toFixed(1)})`,
     `  forward       ${f(r.ms_forward)}`,
     `  backward      ${f(r.ms_backward)}`,
