@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { barChart, heatmapGrid, lineChart } from '../core/plot.js';
 import type { AblationResult } from './ablate.js';
+import { emergencePlot, uniformFirst, type EmergencePoint } from './emergence.js';
 import { pplAt } from './grid.js';
 
 /** Table 3 of Xiao et al. (ICLR 2024): Pythia-160M from scratch, cache x+y with y = 1024 - x. */
@@ -51,10 +52,12 @@ function markdown(r: AblationResult): string {
       `| ${v.name} | ${fmt(v.val_loss, 4)} | ${fmt(dense?.ppl, 2)} | ${fmt(rec?.ppl, 2)} | ${fmt(v.attention.sink_metric.first, 3)} | ${fmt(v.attention.sink_metric.implicit_sink, 3)} | ${fmt(mf, 3)} | ${(v.tokens_seen / 1e6).toFixed(1)}M |`,
     );
   }
-  lines.push('', `## Sink emergence over training (mean first-token attention, all heads)`, '');
+  lines.push('', `## Sink emergence over training`, '');
+  lines.push('First-token attention at each weight snapshot: mean over all heads / strongest head, and Sink^0.3 (share of heads above 0.3); 8 windows of the test text per point. An even spread over what a query sees would give the first token about ' + fmt(uniformFirst(r.variants[0]?.attention.tokens ?? 2 * W), 3) + '.', '');
   const steps = [...new Set(r.variants.flatMap((v) => v.emergence.map((e) => e.step)))].sort((a, b) => a - b);
   lines.push(`| step | ${models.join(' | ')} |`, `|---:|${models.map(() => '---:').join('|')}|`);
-  for (const s of steps) lines.push(`| ${s} | ${r.variants.map((v) => fmt(v.emergence.find((e) => e.step === s)?.mean_first, 3)).join(' | ')} |`);
+  const cell = (e: EmergencePoint | undefined) => (e ? `${fmt(e.mean_first, 3)} / ${fmt(e.max_first, 3)}, Sink ${fmt(e.sink, 3)}` : '-');
+  for (const s of steps) lines.push(`| ${s} | ${r.variants.map((v) => cell(v.emergence.find((e) => e.step === s))).join(' | ')} |`);
   lines.push('', `## Plots`, '');
   for (const [f, t] of [
     ['grid.svg', 'Perplexity grid'],
@@ -123,13 +126,9 @@ export async function writeReport(r: AblationResult, dir: string): Promise<void>
       values: v.attention.layers.map((l) => l.heads.map((h) => h.first)),
     })),
   });
-  files['emergence.svg'] = await lineChart({
-    title: 'Sink emergence: mean first-token attention over training',
-    subtitle: `all layers and heads · ${r.backend}`,
-    xLabel: 'step',
-    yLabel: 'mean attention on token 0',
-    series: r.variants.map((v) => ({ name: v.name, x: v.emergence.map((e) => e.step), y: v.emergence.map((e) => e.mean_first) })),
-  });
+  files['emergence.svg'] = await emergencePlot(
+    r.variants.map((v) => ({ run: v.dir, name: v.name, sink_mode: v.sink_mode, tokens: v.attention.tokens, windows: v.attention.windows ?? 1, eps: v.attention.eps, points: v.emergence, backend: r.backend })),
+  );
   for (const [f, svg] of Object.entries(files)) writeFileAtomic(path.join(dir, f), svg);
   writeFileAtomic(path.join(dir, 'report.json'), JSON.stringify({ ...r, curves: undefined }, null, 1) + '\n');
   writeFileAtomic(path.join(dir, 'report.md'), markdown(r));
