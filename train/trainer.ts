@@ -71,9 +71,14 @@ export function defaultOutDir(cfg: RunConfig): string {
   return cfg.train.out ?? path.join('runs', cfg.name ?? path.basename(cfg.source, '.json'));
 }
 
-/** The settings a resumed run must share with the run it continues. */
+/**
+ * The settings a resumed run must share with the run it continues. The replica count may
+ * change between sessions (more cores free): the batch and its mean loss are the same, only
+ * the summation order of the gradient differs, so such a run matches one with a constant
+ * count to float rounding, not bit for bit.
+ */
 function runIdentity(cfg: RunConfig): Record<string, unknown> {
-  const { out: _o, log_every: _l, eval_every: _e, eval_batches: _b, ckpt_every: _c, keep_last: _k, snapshot_every: _s, ...train } = cfg.train;
+  const { out: _o, log_every: _l, eval_every: _e, eval_batches: _b, ckpt_every: _c, keep_last: _k, snapshot_every: _s, replicas: _r, ...train } = cfg.train;
   return { model: cfg.model, data: { ...cfg.data, dir: undefined }, train };
 }
 
@@ -131,7 +136,10 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   const identity = { ...runIdentity(cfg), manifest_hash: prep.manifestHash };
   if (mode === 'resume') {
     const runFile = path.join(out, RUN_FILE);
-    checkSameRun((JSON.parse(fs.readFileSync(runFile, 'utf8')) as { identity: Record<string, unknown> }).identity, identity, cfg.source);
+    const recorded = (JSON.parse(fs.readFileSync(runFile, 'utf8')) as { identity: Record<string, unknown> }).identity;
+    // Runs started before replicas could change recorded the count in their identity.
+    delete (recorded.train as Record<string, unknown> | undefined)?.replicas;
+    checkSameRun(recorded, identity, cfg.source);
     const last = listCheckpoints(out).at(-1)!;
     state = readState(last.dir);
     const saved = readCheckpointConfig(last.dir);

@@ -10,6 +10,7 @@ interface Args extends GlobalArgs {
   out?: string;
   'max-steps'?: number;
   resume: boolean;
+  replicas?: number;
   json: boolean;
 }
 
@@ -22,11 +23,18 @@ export const trainCommand: CommandModule<GlobalArgs, Args> = {
         .option('config', { type: 'string', demandOption: true, describe: 'run config (configs/*.json)' })
         .option('out', { type: 'string', describe: 'output folder (default: train.out, else runs/<config name>)' })
         .option('max-steps', { type: 'number', describe: 'stop after this step; the schedule still spans train.max_steps, so a later --resume continues the same run' })
-        .option('resume', { type: 'boolean', default: false, describe: 'continue from the newest complete checkpoint in the output folder' }),
+        .option('resume', { type: 'boolean', default: false, describe: 'continue from the newest complete checkpoint in the output folder' })
+        .option('replicas', { type: 'number', describe: 'data-parallel processes, one TensorFlow thread each (overrides train.replicas; may change on --resume)' }),
     ),
   handler: (args) =>
     runCommand(args, async () => {
-      const cfg = loadRunConfig(args.config);
+      const loaded = loadRunConfig(args.config);
+      const replicas = args.replicas ?? loaded.train.replicas;
+      if (!Number.isInteger(replicas) || replicas < 1) throw new UserError('must be a positive integer', { field: '--replicas' });
+      if (loaded.train.batch_size % replicas !== 0) {
+        throw new UserError(`batch_size ${loaded.train.batch_size} does not split evenly over ${replicas} replicas`, { field: '--replicas' });
+      }
+      const cfg = { ...loaded, train: { ...loaded.train, replicas } };
       // Data-parallel replicas each run one TensorFlow thread; so does this process, their rank 0.
       await initBackend({ prefer: args.backend, quiet: !!args.json, intraOpThreads: cfg.train.replicas > 1 ? 1 : undefined });
       const stopAt = args['max-steps'];
