@@ -204,6 +204,8 @@ export class GPTNeoX {
 
   /** Sets all weights from arrays (shapes already checked). */
   assign(weights: TensorMap): void {
+    // A host copy of the old weights (the streaming step's) must not outlive them.
+    releaseHostStep(this);
     for (const s of this.specs) {
       const w = weights.get(s.name)!;
       tf.tidy(() => this.params.get(s.name)!.assign(tf.tensor(w.data, s.shape)));

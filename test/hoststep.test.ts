@@ -77,6 +77,26 @@ describe('HostStep equals GPTNeoX.step', () => {
     model.dispose();
   });
 
+  it('a model given new weights gets a new host copy of them', async () => {
+    const model = tinyModel();
+    const other = tinyModel({}, 99);
+    const first = hostStepOf(model);
+    model.assign(await other.weights());
+    const second = hostStepOf(model);
+    expect(second).not.toBe(first);
+    const tensorCache = new SinkCache(2, 6, shapeOf(model));
+    const hostCache = new SinkCache(2, 6, shapeOf(model));
+    for (const t of stream.slice(0, 5)) {
+      const l = model.step([t], tensorCache);
+      expect(maxAbsDiff(l.dataSync() as Float32Array, second.step([t], hostCache))).toBeLessThan(1e-5);
+      l.dispose();
+    }
+    tensorCache.dispose();
+    hostCache.dispose();
+    model.dispose();
+    other.dispose();
+  });
+
   it('creates no tensors while stepping', () => {
     const model = tinyModel();
     const host = new HostStep(model);
