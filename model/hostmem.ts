@@ -5,6 +5,7 @@
  * view (Float32Array) is taken at the moment of use, because growing the memory detaches
  * every earlier view.
  */
+import { UserError } from '../core/errors.js';
 import { KERNELS_WASM_BASE64 } from './kernels.wasm.js';
 
 const PAGE = 65536;
@@ -44,7 +45,17 @@ export class HostMemory {
       off = this.top;
       this.top += bytes;
       const need = Math.ceil(this.top / PAGE) - this.memory.buffer.byteLength / PAGE;
-      if (need > 0) this.memory.grow(need);
+      if (need > 0) {
+        try {
+          this.memory.grow(need);
+        } catch {
+          this.top -= bytes;
+          throw new UserError(
+            `the host streaming step needs ${Math.ceil((this.top + bytes) / 2 ** 20)} MB of WebAssembly memory, more than it can have; run with SINKLM_DECODE=tensor`,
+            { field: 'SINKLM_DECODE' },
+          );
+        }
+      }
     }
     this.sizes.set(off, bytes);
     new Float32Array(this.memory.buffer, off, bytes / 4).fill(0);
