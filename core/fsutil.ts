@@ -34,15 +34,19 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** Reads a JSON file, turning a missing file or bad JSON into a UserError naming it. */
-export function readJsonFile(file: string): unknown {
-  let text: string;
+/** A file's bytes; a missing or unreadable file is a UserError naming it. */
+export function readFileBytes(file: string): Buffer {
   try {
-    text = fs.readFileSync(file, 'utf8');
+    return fs.readFileSync(file);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new UserError(code === 'ENOENT' ? 'file not found' : `cannot read (${code})`, { file });
   }
+}
+
+/** Reads a JSON file, turning a missing file or bad JSON into a UserError naming it. */
+export function readJsonFile(file: string): unknown {
+  const text = readFileBytes(file).toString('utf8');
   try {
     return JSON.parse(text);
   } catch (e) {
@@ -55,13 +59,7 @@ export function readJsonFile(file: string): unknown {
  * invalid UTF-8 with a UserError naming the file.
  */
 export function readUtf8File(file: string): string {
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UserError(code === 'ENOENT' ? 'file not found' : `cannot read (${code})`, { file });
-  }
+  const bytes = readFileBytes(file);
   const nul = bytes.indexOf(0);
   if (nul >= 0) throw new UserError(`binary file, not text (NUL byte at offset ${nul})`, { file });
   try {

@@ -12,9 +12,9 @@ import { prepareData } from '../data/prepare.js';
 import type { AttentionStats } from '../infer/attention.js';
 import { readText } from '../infer/text.js';
 import { CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE } from '../model/checkpoint.js';
-import { listCheckpoints, METRICS_FILE, readState, STATE_FILE } from '../train/rundir.js';
+import { listCheckpoints, METRICS_FILE, readMetrics, readState, STATE_FILE } from '../train/rundir.js';
 import { train } from '../train/trainer.js';
-import { emergenceTrace, sinkPoint, type EmergencePoint } from './emergence.js';
+import { emergenceTrace, type EmergencePoint } from './emergence.js';
 import { evaluateGrid, gridCaches, verdicts, type GridCell, type GridSpec, type Verdict } from './grid.js';
 import { writeReport } from './report.js';
 
@@ -62,16 +62,6 @@ export function gridSpec(cfg: RunConfig): GridSpec {
   return { window, initial: cfg.ablate.initial, maxTokens: cfg.ablate.max_tokens ?? 20 * window };
 }
 
-function readMetrics(dir: string): VariantSummary['metrics'] {
-  const file = path.join(dir, METRICS_FILE);
-  if (!fs.existsSync(file)) return [];
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as VariantSummary['metrics'][number]);
-}
-
 /** Trains what is missing: finished variants are reused, interrupted ones resumed. */
 export async function trainVariants(cfg: RunConfig, root: string, log: (l: string) => void, progress?: boolean): Promise<void> {
   for (const mode of cfg.ablate.variants) {
@@ -115,10 +105,12 @@ export async function ablate(
   const variants: VariantSummary[] = [];
   for (const [i, mode] of cfg.ablate.variants.entries()) {
     const m = models[i]!;
-    // Statistics over several windows of the test text, at every snapshot and at the end.
-    const { stats: attention } = await sinkPoint(m.dir, text, ATTENTION_WINDOWS, undefined, textFile);
-    attention.model = m.name;
-    const emergence = (await emergenceTrace(m.dir, text, { windows: ATTENTION_WINDOWS, file: textFile, name: m.name })).points;
+    // Statistics over several windows of the test text, at every snapshot and at the end;
+    // the last point is the variant's final weights, whose full statistics the report shows.
+    let attention: AttentionStats | undefined;
+    const onPoint = (_p: EmergencePoint, stats: AttentionStats) => (attention = stats);
+    const emergence = (await emergenceTrace(m.dir, text, { windows: ATTENTION_WINDOWS, file: textFile, name: m.name, onPoint })).points;
+    attention!.model = m.name;
     const state = readState(m.dir);
     variants.push({
       name: m.name,
@@ -128,9 +120,9 @@ export async function ablate(
       tokens_seen: state.tokens_seen,
       val_loss: state.val_loss,
       train_seconds: state.wall_seconds,
-      attention,
+      attention: attention!,
       emergence,
-      metrics: readMetrics(m.dir),
+      metrics: readMetrics<VariantSummary['metrics'][number]>(m.dir),
     });
   }
 

@@ -15,7 +15,7 @@ import { prepareData } from '../data/prepare.js';
 import { attentionStatsOver, attentionWindows, FIRST_K, SINK_EPS, stackSvgs, type AttentionStats } from '../infer/attention.js';
 import { loadCheckpoint } from '../infer/text.js';
 import { WEIGHTS_FILE } from '../model/checkpoint.js';
-import { METRICS_FILE, readState, RUN_FILE } from '../train/rundir.js';
+import { readMetrics, readState, RUN_FILE } from '../train/rundir.js';
 
 export interface EmergencePoint {
   step: number;
@@ -59,14 +59,7 @@ export function runWeights(run: string): { step: number; dir: string }[] {
 }
 
 function validationLosses(run: string): { step: number; val_loss: number }[] {
-  const file = path.join(run, METRICS_FILE);
-  if (!fs.existsSync(file)) return [];
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as { step: number; val_loss?: number })
-    .filter((m): m is { step: number; val_loss: number } => typeof m.val_loss === 'number');
+  return readMetrics<{ step: number; val_loss?: number }>(run).filter((m): m is { step: number; val_loss: number } => typeof m.val_loss === 'number');
 }
 
 /** The held-out test stream of the data a run was trained on (prepared again if missing). */
@@ -85,7 +78,7 @@ function meanFirst(s: AttentionStats): number {
 }
 
 /** One point: the attention statistics of one set of weights over `windows` windows of the text. */
-export async function sinkPoint(dir: string, text: string, windows: number, eps = SINK_EPS, file?: string): Promise<{ stats: AttentionStats; mean_first: number; max_first: number }> {
+async function sinkPoint(dir: string, text: string, windows: number, eps = SINK_EPS, file?: string): Promise<{ stats: AttentionStats; mean_first: number; max_first: number }> {
   const ck = await loadCheckpoint(dir);
   try {
     const stats = attentionStatsOver(ck, attentionWindows(ck, text, windows, file), { eps });
@@ -99,7 +92,7 @@ export async function sinkPoint(dir: string, text: string, windows: number, eps 
 export async function emergenceTrace(
   run: string,
   text: string,
-  opts: { windows?: number; eps?: number; file?: string; name?: string; onPoint?: (p: EmergencePoint) => void } = {},
+  opts: { windows?: number; eps?: number; file?: string; name?: string; onPoint?: (p: EmergencePoint, stats: AttentionStats) => void } = {},
 ): Promise<EmergenceTrace> {
   const windows = opts.windows ?? 8;
   const eps = opts.eps ?? SINK_EPS;
@@ -119,7 +112,7 @@ export async function emergenceTrace(
       val_step: val?.step ?? null,
     };
     points.push(p);
-    opts.onPoint?.(p);
+    opts.onPoint?.(p, stats);
     last = stats;
   }
   return {

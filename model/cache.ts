@@ -18,6 +18,13 @@ export interface CacheLayout {
   batch?: number;
 }
 
+/** Throws unless every query and key position of a layout is one the model has. */
+export function checkPositions(layout: CacheLayout, maxPositions: number): void {
+  for (const pos of [layout.queryPositions, layout.keyPositions]) {
+    for (const p of pos) if (p < 0 || p >= maxPositions) throw new Error(`position ${p} outside the model's ${maxPositions} positions`);
+  }
+}
+
 export interface KVCache {
   /** Streams that step together (default 1). */
   readonly batch?: number;

@@ -16,7 +16,7 @@
  * kernels win) stay on the tensor path; on a GPU the step stays there too
  * (infer/policy.ts decodePath; SINKLM_DECODE=host|tensor overrides).
  */
-import type { CacheLayout } from './cache.js';
+import { checkPositions, type CacheLayout } from './cache.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { hostMemory } from './hostmem.js';
 import type { GPTNeoX } from './neox.js';
@@ -203,10 +203,7 @@ export class HostStep {
     const hd = headDim(c);
     const F = c.intermediate_size;
     const V = c.vocab_size;
-    const maxPos = c.max_position_embeddings;
-    for (const pos of [layout.queryPositions, layout.keyPositions]) {
-      for (const p of pos) if (p < 0 || p >= maxPos) throw new Error(`position ${p} outside the model's ${maxPos} positions`);
-    }
+    checkPositions(layout, c.max_position_embeddings);
     const x = new Float32Array(rows * D);
     for (let r = 0; r < rows; r++) {
       const id = ids[r]!;

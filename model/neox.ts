@@ -7,7 +7,7 @@
  * Both run the same block code; the four sink modes are one switch inside attention.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { CacheLayout, KVCache } from './cache.js';
+import { checkPositions, type CacheLayout, type KVCache } from './cache.js';
 import { releaseHostStep } from './hoststep.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, normalize, rotaryTables } from './ops.js';
@@ -94,10 +94,7 @@ export class GPTNeoX {
     const n = ids.length / B;
     const L = layout.keyPositions.length / B;
     if (!Number.isInteger(n) || layout.queryPositions.length !== B * n) throw new Error(`step: ${ids.length} ids do not split into ${B} streams`);
-    const maxPos = this.config.max_position_embeddings;
-    for (const p of [...layout.queryPositions, ...layout.keyPositions]) {
-      if (p < 0 || p >= maxPos) throw new Error(`position ${p} outside the model's ${maxPos} positions`);
-    }
+    checkPositions(layout, this.config.max_position_embeddings);
     const hd = headDim(this.config);
     const logits = tf.tidy(() => {
       // cos/sin rows gathered on the host: a copy of a few KB beats four gather kernels.

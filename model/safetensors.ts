@@ -3,9 +3,8 @@
  * header, then raw little-endian tensor bytes). We read F32, F16 and BF16 (real Pythia
  * checkpoints ship in half precision) into Float32Array, and write F32.
  */
-import * as fs from 'node:fs';
 import { UserError } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fsutil.js';
+import { readFileBytes, writeFileAtomic } from '../core/fsutil.js';
 
 export interface NamedArray {
   shape: number[];
@@ -41,13 +40,7 @@ function decode(dtype: string, bytes: Uint8Array, count: number): Float32Array {
 
 /** Reads a .safetensors file; any structural problem is a UserError naming the file. */
 export function readSafetensors(file: string): { tensors: TensorMap; metadata: Record<string, string> } {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UserError(code === 'ENOENT' ? 'file not found' : `cannot read (${code})`, { file });
-  }
+  const buf = readFileBytes(file);
   const fail = (msg: string) => new UserError(`not a valid safetensors file: ${msg}`, { file });
   if (buf.length < 8) throw fail(`only ${buf.length} bytes`);
   const headerLen = Number(buf.readBigUInt64LE(0));

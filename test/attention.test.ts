@@ -6,12 +6,12 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UserError } from '../core/errors.js';
-import { trainTokenizer, type TextTokenizer } from '../data/tokenizer.js';
+import type { TextTokenizer } from '../data/tokenizer.js';
 import { attentionPlot, attentionStats, attentionTokens, FIRST_K, mapLayers, stackSvgs, type AttentionStats } from '../infer/attention.js';
 import type { LoadedCheckpoint } from '../infer/text.js';
 import { saveModel } from '../model/checkpoint.js';
 import type { NeoXConfig } from '../model/config.js';
-import { numTensors, testBackend, tinyModel } from './helpers.js';
+import { numTensors, testBackend, textAndTokenizer, tinyModel } from './helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sinklm-attention-'));
@@ -185,10 +185,9 @@ describe('sinklm attention (CLI)', () => {
 
   beforeAll(async () => {
     dir = path.join(tmp, 'ck');
-    text = path.join(tmp, 'text.txt');
-    const corpus = 'The state of the Union is strong. We the people, in order to form a more perfect union. '.repeat(20);
-    fs.writeFileSync(text, corpus);
-    const tok = await trainTokenizer([corpus], 300, path.join(tmp, 'tokenizer.json'));
+    const made = await textAndTokenizer(tmp);
+    text = made.textFile;
+    const tok = made.tok;
     const model = tinyModel({ vocab_size: tok.vocabSize, sink_mode: 'softmax1' });
     await saveModel(dir, model, { tokenizerPath: tok.path });
     model.dispose();

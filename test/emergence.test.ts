@@ -5,13 +5,13 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UserError } from '../core/errors.js';
-import { trainTokenizer, type TextTokenizer } from '../data/tokenizer.js';
+import type { TextTokenizer } from '../data/tokenizer.js';
 import { emergencePlot, emergenceTrace, runLabels, runWeights, uniformFirst } from '../experiments/emergence.js';
 import { attentionStats, attentionStatsOver, attentionWindows } from '../infer/attention.js';
 import type { LoadedCheckpoint } from '../infer/text.js';
 import { saveModel } from '../model/checkpoint.js';
 import { STATE_FILE, METRICS_FILE } from '../train/rundir.js';
-import { testBackend, tinyModel } from './helpers.js';
+import { testBackend, textAndTokenizer, tinyModel } from './helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sinklm-emergence-'));
@@ -95,10 +95,9 @@ describe('emergenceTrace and `sinklm emergence`', () => {
   let textFile: string;
   beforeAll(async () => {
     run = path.join(tmp, 'run');
-    textFile = path.join(tmp, 'text.txt');
-    const corpus = 'The state of the Union is strong. We the people, in order to form a more perfect union. '.repeat(20);
-    fs.writeFileSync(textFile, corpus);
-    const tok = await trainTokenizer([corpus], 300, path.join(tmp, 'tokenizer.json'));
+    const made = await textAndTokenizer(tmp);
+    textFile = made.textFile;
+    const tok = made.tok;
     // Snapshots at 10 and 20 (different weights), newest weights at 30 in the run folder.
     for (const [step, dir, seed] of [[10, path.join(run, 'snapshots', 'step-000010'), 1], [20, path.join(run, 'snapshots', 'step-000020'), 2], [30, run, 3]] as const) {
       const model = tinyModel({ vocab_size: 320 }, seed);

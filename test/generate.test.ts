@@ -5,14 +5,14 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UserError } from '../core/errors.js';
-import { trainTokenizer, type TextTokenizer } from '../data/tokenizer.js';
+import type { TextTokenizer } from '../data/tokenizer.js';
 import { generate, parsePrompts, StreamDecoder, type GenerateOptions } from '../infer/generate.js';
 import { argmax, candidates, checkSampling, makeSampler, type SamplingOptions } from '../infer/sampling.js';
 import { makePolicy, parseCache } from '../infer/policy.js';
 import type { LoadedCheckpoint } from '../infer/text.js';
 import { saveModel } from '../model/checkpoint.js';
 import type { NeoXConfig } from '../model/config.js';
-import { numTensors, testBackend, tinyModel } from './helpers.js';
+import { numTensors, testBackend, textAndTokenizer, tinyModel } from './helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sinklm-generate-'));
@@ -282,8 +282,7 @@ describe('sinklm generate (CLI)', () => {
 
   beforeAll(async () => {
     dir = path.join(tmp, 'ck');
-    const text = 'The state of the Union is strong. We the people, in order to form a more perfect union. '.repeat(20);
-    const tok = await trainTokenizer([text], 300, path.join(tmp, 'tokenizer.json'));
+    const { tok } = await textAndTokenizer(tmp);
     const model = tinyModel({ vocab_size: tok.vocabSize, sink_mode: 'token', sink_token_id: tok.sinkTokenId });
     await saveModel(dir, model, { tokenizerPath: tok.path });
     model.dispose();

@@ -1,6 +1,9 @@
 /** Test helpers: a backend for the test file, tiny models, tensor-count checks. */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendInfo } from '../core/backend.js';
+import { trainTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import type { NeoXConfig } from '../model/config.js';
 import { GPTNeoX } from '../model/neox.js';
 import { initParams } from '../model/params.js';
@@ -47,4 +50,12 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 
 export function numTensors(): number {
   return tf.memory().numTensors;
+}
+
+/** A short English text (written to dir/text.txt) and a 300-token BPE trained on it (dir/tokenizer.json): enough for a CLI checkpoint. */
+export async function textAndTokenizer(dir: string): Promise<{ textFile: string; tok: TextTokenizer }> {
+  const textFile = path.join(dir, 'text.txt');
+  const corpus = 'The state of the Union is strong. We the people, in order to form a more perfect union. '.repeat(20);
+  fs.writeFileSync(textFile, corpus);
+  return { textFile, tok: await trainTokenizer([corpus], 300, path.join(dir, 'tokenizer.json')) };
 }

@@ -50,6 +50,17 @@ export function listCheckpoints(out: string): { step: number; dir: string }[] {
     .sort((a, b) => a.step - b.step);
 }
 
+/** The lines of a run's metrics.jsonl (training and validation records), oldest first; none if absent. */
+export function readMetrics<T = Record<string, unknown>>(dir: string): T[] {
+  const file = path.join(dir, METRICS_FILE);
+  if (!fs.existsSync(file)) return [];
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as T);
+}
+
 export function readState(dir: string): TrainerState {
   return readJsonFile(path.join(dir, STATE_FILE)) as TrainerState;
 }
