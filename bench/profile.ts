@@ -34,9 +34,10 @@ export async function profileKernels(work: () => void, top = 12): Promise<Kernel
   let total = 0;
   let kernels = 0;
   for (const k of info.kernels) {
-    // An op with a custom gradient (tf.fused.matMul: "fusedMatMul__op") is recorded as a
-    // kernel of its own around the kernels it runs; counting both would count them twice.
-    if (k.name.endsWith('__op') || k.name === '') continue;
+    // An op with a custom gradient (tf.customGrad, tf.fused.matMul's "fusedMatMul__op")
+    // is recorded as a kernel of its own around the kernels it runs: only registered
+    // kernels are real ones, counting the wrappers too would count their time twice.
+    if (!tf.getKernel(k.name, tf.getBackend())) continue;
     kernels += 1;
     const ms = typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
     const s = byName.get(k.name) ?? { count: 0, ms: 0 };

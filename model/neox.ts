@@ -11,11 +11,15 @@ import { checkPositions, type CacheLayout, type KVCache } from './cache.js';
 import { releaseHostStep } from './hoststep.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, normalize, rotaryTables } from './ops.js';
+import { tokenNll } from './fused.js';
 import { paramSpecs, type ParamSpec } from './params.js';
 import type { TensorMap } from './safetensors.js';
 
 interface Geometry {
-  /** cos/sin [n, hd] for the queries and [L, hd] for the keys. */
+  /**
+   * cos/sin [n, hd] for the queries and [L, hd] for the keys. The query tables carry the
+   * scores' 1/sqrt(head_dim): rotary is linear, so scaling its tables scales q for free.
+   */
   qCos: tf.Tensor;
   qSin: tf.Tensor;
   kCos: tf.Tensor;
@@ -79,7 +83,8 @@ export class GPTNeoX {
     }
     const cos = tf.slice(this.rope.cos, [0, 0], [T, -1]);
     const sin = tf.slice(this.rope.sin, [0, 0], [T, -1]);
-    const geo: Geometry = { qCos: cos, qSin: sin, kCos: cos, kSin: sin, bias: this.causalBias(T), onAttention };
+    const s = this.scoreScale();
+    const geo: Geometry = { qCos: tf.mul(cos, s), qSin: tf.mul(sin, s), kCos: cos, kSin: sin, bias: this.causalBias(T), onAttention };
     return this.run(tf.reshape(ids, [B * T]) as tf.Tensor1D, B, T, geo);
   }
 
@@ -98,14 +103,15 @@ export class GPTNeoX {
     const hd = headDim(this.config);
     const logits = tf.tidy(() => {
       // cos/sin rows gathered on the host: a copy of a few KB beats four gather kernels.
-      const rows = (table: Float32Array, pos: Int32Array) => {
+      const rows = (table: Float32Array, pos: Int32Array, scale = 1) => {
         const out = new Float32Array(pos.length * hd);
         pos.forEach((p, i) => out.set(table.subarray(p * hd, (p + 1) * hd), i * hd));
+        if (scale !== 1) for (let i = 0; i < out.length; i++) out[i]! *= scale;
         return out;
       };
       const geo: Geometry = {
-        qCos: tf.tensor4d(rows(this.ropeHost.cos, layout.queryPositions), [B, 1, n, hd]),
-        qSin: tf.tensor4d(rows(this.ropeHost.sin, layout.queryPositions), [B, 1, n, hd]),
+        qCos: tf.tensor4d(rows(this.ropeHost.cos, layout.queryPositions, this.scoreScale()), [B, 1, n, hd]),
+        qSin: tf.tensor4d(rows(this.ropeHost.sin, layout.queryPositions, this.scoreScale()), [B, 1, n, hd]),
         kCos: tf.tensor4d(rows(this.ropeHost.cos, layout.keyPositions), [B, 1, L, hd]),
         kSin: tf.tensor4d(rows(this.ropeHost.sin, layout.keyPositions), [B, 1, L, hd]),
         bias: tf.tensor4d(layout.bias, [B, 1, n, L]),
@@ -114,6 +120,11 @@ export class GPTNeoX {
     });
     cache.commit();
     return logits;
+  }
+
+  /** 1/sqrt(head_dim), the attention scores' scale (folded into the query rotary tables). */
+  private scoreScale(): number {
+    return 1 / Math.sqrt(headDim(this.config));
   }
 
   private causalBias(T: number): tf.Tensor2D {
@@ -154,7 +165,7 @@ export class GPTNeoX {
     const heads = tf.transpose(tf.reshape(qkv, [B, n, H, 3 * hd]), [0, 2, 1, 3]);
     let [q, k, v] = tf.split(heads, 3, -1) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
     if (cache) ({ k, v } = cache.update(layer, k, v));
-    const qr = applyRotary(tf.mul(q, 1 / Math.sqrt(hd)), geo.qCos, geo.qSin, this.rope.rot);
+    const qr = applyRotary(q, geo.qCos, geo.qSin, this.rope.rot); // scaled by 1/sqrt(hd) too
     const kr = applyRotary(k, geo.kCos, geo.kSin, this.rope.rot);
     const scores = tf.add(tf.matMul(qr, kr, false, true), geo.bias);
     const sink = c.sink_mode === 'logit' ? tf.reshape(this.p(`${pre}.sinks`), [1, H, 1, 1]) : undefined;
@@ -180,16 +191,15 @@ export class GPTNeoX {
 
   /** Per-position NLL: logsumexp(logits) - logits[target]. */
   tokenNll(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+    return tokenNll(logits, targets, (l, t) => this.picked(l, t));
+  }
+
+  /** logits[i, targets[i]]: a gather, or a one-hot product where gather has no gradient. */
+  private picked(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
     const [N, V] = logits.shape;
-    const lse = tf.logSumExp(logits, -1);
-    let picked: tf.Tensor1D;
-    if (this.gatherGrad) {
-      const flatIdx = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets);
-      picked = tf.gather(tf.reshape(logits, [N * V]), flatIdx) as tf.Tensor1D;
-    } else {
-      picked = tf.sum(tf.mul(logits, tf.cast(tf.oneHot(targets, V), 'float32')), -1);
-    }
-    return tf.sub(lse, picked);
+    if (!this.gatherGrad) return tf.sum(tf.mul(logits, tf.cast(tf.oneHot(targets, V), 'float32')), -1);
+    const flatIdx = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets);
+    return tf.gather(tf.reshape(logits, [N * V]), flatIdx) as tf.Tensor1D;
   }
 
   /** Weights as float32 arrays under their HF names, in checkpoint order. */

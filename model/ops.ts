@@ -5,15 +5,12 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { SinkMode } from '../core/config.js';
+import { geluExact, linear, normalize } from './fused.js';
+
+export { linear, normalize };
 
 /** Masked-out attention scores. Finite, so a max over a row never meets -inf - -inf. */
 export const NEG_INF = -1e9;
-
-/** (x - mean) / sqrt(var + eps) over the last axis: LayerNorm without its affine part. */
-export function normalize(x: tf.Tensor, eps: number): tf.Tensor {
-  const { mean, variance } = tf.moments(x, -1, true);
-  return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
-}
 
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
   return tf.add(tf.mul(normalize(x, eps), weight), bias);
@@ -21,17 +18,9 @@ export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps:
 
 /** Exact GELU (`gelu`) or the tanh approximation (`gelu_new`), as HF's ACT2FN has them. */
 export function gelu(x: tf.Tensor, kind: 'gelu' | 'gelu_new'): tf.Tensor {
-  if (kind === 'gelu') return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+  if (kind === 'gelu') return geluExact(x);
   const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), Math.sqrt(2 / Math.PI));
   return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
-}
-
-/** y = x W^T + b with W stored as PyTorch does ([out, in]), so checkpoints load as they are. */
-export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
-  // tfjs-backend-wasm 4.22 adds the bias along the wrong axis when transposeB is set
-  // (checked against the cpu backend); unfused there.
-  if (tf.getBackend() === 'wasm') return tf.add(tf.matMul(x, weight, false, true), bias);
-  return tf.fused.matMul({ a: x, b: weight, transposeB: true, bias }) as tf.Tensor2D;
 }
 
 /**

@@ -42,11 +42,13 @@ function both(model: GPTNeoX, make: () => SinkCache | DenseCache, feeds: number[
 
 describe('HostStep equals GPTNeoX.step', () => {
   for (const mode of ['none', 'token', 'softmax1', 'logit'] as const) {
-    it(`${mode}: sinks cache through eviction, one token at a time, to 1e-5`, () => {
+    // 2e-5 over 40 steps: the two scale the query at different points (before rotary here,
+    // in the rotary tables there), a float32 reordering.
+    it(`${mode}: sinks cache through eviction, one token at a time, to 2e-5`, () => {
       const model = tinyModel({ sink_mode: mode, sink_token_id: mode === 'token' ? 1 : null, num_hidden_layers: 3, num_attention_heads: 4, hidden_size: 32, intermediate_size: 48 });
       for (const [S, W] of [[2, 6], [0, 5], [4, 30]]) {
         const pairs = both(model, () => new SinkCache(S!, W!, shapeOf(model)), stream.map((t) => [t]));
-        for (const [t, h] of pairs) expect(maxAbsDiff(t, h)).toBeLessThan(1e-5);
+        for (const [t, h] of pairs) expect(maxAbsDiff(t, h)).toBeLessThan(2e-5);
       }
       model.dispose();
     });
