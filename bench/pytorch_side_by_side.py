@@ -4,7 +4,7 @@
 
   python3 bench/pytorch_side_by_side.py [--layers 6 --hidden 128 --heads 4 --vocab 4096
       --batch 16 --seq 256 --steps 30 --warmup 5 --threads 2]
-      [--config-json FILE_OR_JSON] [--sinklm-json FILE]
+      [--config-json FILE_OR_JSON] [--sinklm-json FILE] [--profile]
 
 HF GPTNeoXForCausalLM (eager attention, float32, CPU), AdamW(1e-3, betas 0.9/0.95,
 wd 0.1), grad clip 1.0, on random token batches: the data pipeline is not what is being
@@ -47,6 +47,9 @@ def main():
     ap.add_argument("--config-json", help="the `config` object of `sinklm bench train --json` "
                     "(or that whole output), as a file or inline JSON")
     ap.add_argument("--sinklm-json", help="output of `sinklm bench train --json`: adds the ratio")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed steps, profile one more with torch.profiler and print "
+                    "its table (self CPU time per op) on stderr: where PyTorch's time goes")
     args = ap.parse_args()
 
     cfg = {}
@@ -116,6 +119,17 @@ def main():
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - c0
     timed = a["steps"] - a["warmup"]
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        x = torch.randint(0, a["vocab"], (B, T), generator=g)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss = model(input_ids=x, labels=x).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
 
     out = {
         "framework": "pytorch",
