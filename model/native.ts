@@ -12,8 +12,8 @@ const BACKEND = 'tensorflow';
 /** The subset of tfjs-node's backend these kernels use. */
 interface NodeBackend {
   binding: { TF_ATTR_TYPE: number; TF_ATTR_BOOL: number; TF_FLOAT: number; TF_INT32: number };
-  executeSingleOutput(name: string, attrs: unknown[], inputs: tf.TensorInfo[]): tf.Tensor;
-  executeMultipleOutputs(name: string, attrs: unknown[], inputs: tf.TensorInfo[], n: number): tf.Tensor[];
+  executeSingleOutput(name: string, attrs: Attr[], inputs: tf.TensorInfo[]): tf.Tensor;
+  executeMultipleOutputs(name: string, attrs: Attr[], inputs: tf.TensorInfo[], n: number): tf.Tensor[];
 }
 
 /** True where the kernels below run: the native TensorFlow backend (CPU or GPU). */
@@ -21,48 +21,45 @@ export function native(): boolean {
   return tf.getBackend() === BACKEND;
 }
 
-const floatT = (be: NodeBackend) => ({ name: 'T', type: be.binding.TF_ATTR_TYPE, value: be.binding.TF_FLOAT });
+/** A TensorFlow op attribute as the tfjs-node binding takes it. */
+type Attr = { name: string; type: number; value: number | boolean };
 
-tf.registerKernel({
-  kernelName: 'SinklmMatMul',
-  backendName: BACKEND,
-  kernelFunc: ({ inputs, backend, attrs }) => {
-    const be = backend as unknown as NodeBackend;
-    const { a, b } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
-    const { transposeA, transposeB } = attrs as unknown as { transposeA: boolean; transposeB: boolean };
-    const bool = (name: string, value: boolean) => ({ name, type: be.binding.TF_ATTR_BOOL, value });
-    return be.executeSingleOutput('MatMul', [floatT(be), bool('transpose_a', transposeA), bool('transpose_b', transposeB)], [a, b]);
-  },
+/**
+ * Registers `kernelName` as TensorFlow's `op` (type attribute T = float32) on the kernel
+ * inputs named `inputs`, in the op's order, plus the attributes `attrs` builds from the
+ * kernel's own.
+ */
+function registerOp(
+  kernelName: string,
+  op: string,
+  inputs: string[],
+  opts: { outputs?: number; attrs?: (b: NodeBackend['binding'], kernelAttrs: Record<string, unknown>) => Attr[] } = {},
+): void {
+  tf.registerKernel({
+    kernelName,
+    backendName: BACKEND,
+    kernelFunc: ({ inputs: given, backend, attrs }) => {
+      const be = backend as unknown as NodeBackend;
+      const b = be.binding;
+      const opAttrs = [{ name: 'T', type: b.TF_ATTR_TYPE, value: b.TF_FLOAT }, ...(opts.attrs?.(b, attrs as Record<string, unknown>) ?? [])];
+      const ins = inputs.map((n) => (given as Record<string, tf.TensorInfo>)[n]!);
+      const n = opts.outputs ?? 1;
+      return n === 1 ? be.executeSingleOutput(op, opAttrs, ins) : be.executeMultipleOutputs(op, opAttrs, ins, n);
+    },
+  });
+}
+
+registerOp('SinklmMatMul', 'MatMul', ['a', 'b'], {
+  attrs: (b, k) => [
+    { name: 'transpose_a', type: b.TF_ATTR_BOOL, value: k.transposeA as boolean },
+    { name: 'transpose_b', type: b.TF_ATTR_BOOL, value: k.transposeB as boolean },
+  ],
 });
-
-tf.registerKernel({
-  kernelName: 'SinklmBiasAdd',
-  backendName: BACKEND,
-  kernelFunc: ({ inputs, backend }) => {
-    const be = backend as unknown as NodeBackend;
-    const { x, bias } = inputs as { x: tf.TensorInfo; bias: tf.TensorInfo };
-    return be.executeSingleOutput('BiasAdd', [floatT(be)], [x, bias]);
-  },
-});
-
-tf.registerKernel({
-  kernelName: 'SinklmBiasAddGrad',
-  backendName: BACKEND,
-  kernelFunc: ({ inputs, backend }) => {
-    const be = backend as unknown as NodeBackend;
-    return be.executeSingleOutput('BiasAddGrad', [floatT(be)], [(inputs as { dy: tf.TensorInfo }).dy]);
-  },
-});
-
-tf.registerKernel({
-  kernelName: 'SinklmSparseSoftmaxXent',
-  backendName: BACKEND,
-  kernelFunc: ({ inputs, backend }) => {
-    const be = backend as unknown as NodeBackend;
-    const { logits, labels } = inputs as { logits: tf.TensorInfo; labels: tf.TensorInfo };
-    const tlabels = { name: 'Tlabels', type: be.binding.TF_ATTR_TYPE, value: be.binding.TF_INT32 };
-    return be.executeMultipleOutputs('SparseSoftmaxCrossEntropyWithLogits', [floatT(be), tlabels], [logits, labels], 2);
-  },
+registerOp('SinklmBiasAdd', 'BiasAdd', ['x', 'bias']);
+registerOp('SinklmBiasAddGrad', 'BiasAddGrad', ['dy']);
+registerOp('SinklmSparseSoftmaxXent', 'SparseSoftmaxCrossEntropyWithLogits', ['logits', 'labels'], {
+  outputs: 2,
+  attrs: (b) => [{ name: 'Tlabels', type: b.TF_ATTR_TYPE, value: b.TF_INT32 }],
 });
 
 const run = (name: string, inputs: Record<string, tf.Tensor>, attrs: Record<string, boolean> = {}) =>
