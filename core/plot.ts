@@ -16,6 +16,9 @@ export const CATEGORY_COLOURS = ['#0072B2', '#E69F00', '#009E73', '#D55E00', '#C
 /** Past this many points a line is averaged down: the SVG stays small and the trend readable. */
 export const MAX_LINE_POINTS = 2000;
 
+/** Stroke patterns for line charts with more series than colours: the second round of colours is dashed, the third dotted. */
+export const LINE_DASHES: number[][] = [[1, 0], [6, 3], [1, 3]];
+
 const WIDTH = 720;
 const HEIGHT = 360;
 const FONT = 'Helvetica, Arial, "DejaVu Sans", sans-serif';
@@ -196,7 +199,7 @@ export async function lineChart(opts: LineChartOptions): Promise<string> {
         type: 'quantitative',
         title: opts.xLabel,
         scale: { zero: false, nice: true },
-        axis: { labelExpr: numberLabels(rows.map((r) => r.x)), tickCount: 10 },
+        axis: { labelExpr: numberLabels(rows.map((r) => r.x)), tickCount: 8, labelOverlap: 'greedy' },
       },
       y: {
         field: 'y',
@@ -217,6 +220,18 @@ export async function lineChart(opts: LineChartOptions): Promise<string> {
         scale: { domain: names, range: CATEGORY_COLOURS },
         legend: names.length > 1 ? { ...topLegend(names, WIDTH), symbolType: 'stroke', symbolStrokeWidth: 3 } : null,
       },
+      // Same field, domain and title as colour, so vega-lite draws one legend for both.
+      ...(names.length > CATEGORY_COLOURS.length
+        ? {
+            strokeDash: {
+              field: 'series',
+              type: 'nominal' as const,
+              title: null,
+              sort: names,
+              scale: { domain: names, range: names.map((_, i) => LINE_DASHES[Math.floor(i / CATEGORY_COLOURS.length) % LINE_DASHES.length]!) },
+            },
+          }
+        : {}),
     },
   };
   return render(spec);

@@ -122,7 +122,8 @@ describe('emergenceTrace and `sinklm emergence`', () => {
     expect(new Set(t.points.map((p) => p.mean_first)).size).toBe(3);
     const svg = await emergencePlot([t, { ...t, name: 'other' }]);
     expect(svg.startsWith('<svg')).toBe(true);
-    expect(svg).toContain('other: strongest head');
+    expect(svg).toContain('First-token attention of the strongest head');
+    expect(svg).toContain('>other<');
   });
 
   it('the CLI prints the table and --json; a folder without weights is a one-line error', () => {

@@ -85,6 +85,17 @@ describe('charts render as SVG', () => {
     expect(lineVertexCounts(svg)).toEqual([4]);
   });
 
+  it('lineChart: more series than colours: the second round of colours is dashed, the first solid', async () => {
+    const line = (n: number) => ({ name: `run ${n}`, x: [0, 1], y: [n, n + 1] });
+    const eight = await lineChart({ title: 'eight', xLabel: 'x', yLabel: 'y', series: [1, 2, 3, 4, 5, 6, 7, 8].map(line) });
+    expect(eight).not.toContain('stroke-dasharray');
+    const ten = await lineChart({ title: 'ten', xLabel: 'x', yLabel: 'y', series: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map(line) });
+    expectWellFormedSvg(ten);
+    expect(lineVertexCounts(ten)).toHaveLength(10);
+    // Two dashed lines (runs 9 and 10) and their two legend symbols.
+    expect(ten.match(/stroke-dasharray="6,3"/g)).toHaveLength(4);
+  });
+
   it('barChart: grouped bars on a log axis all have height', async () => {
     const svg = await barChart({
       title: 'Perplexity grid',
