@@ -36,8 +36,9 @@ export class GPTNeoX {
   readonly specs: ParamSpec[];
   /** Trainable parameters under their HF names. */
   readonly params: Map<string, tf.Variable>;
-  private readonly rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; rot: tf.Tensor2D };
-  private readonly ropeHost: { cos: Float32Array; sin: Float32Array };
+  /** Rotary tables; qCos/qSin are cos/sin times the scores' 1/sqrt(head_dim), for the queries. */
+  private readonly rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; qCos: tf.Tensor2D; qSin: tf.Tensor2D; rot: tf.Tensor2D };
+  private readonly ropeHost: { cos: Float32Array; sin: Float32Array; qCos: Float32Array; qSin: Float32Array };
   private readonly causal = new Map<number, tf.Tensor2D>();
   /** Embedding lookups as gathers need UnsortedSegmentSum for their gradient; wasm lacks it. */
   private readonly gatherGrad: boolean;
@@ -51,8 +52,12 @@ export class GPTNeoX {
       if (!w) throw new Error(`missing parameter ${s.name}`);
       this.params.set(s.name, tf.variable(tf.tensor(w.data, s.shape), true));
     }
-    this.rope = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
-    this.ropeHost = { cos: this.rope.cos.dataSync() as Float32Array, sin: this.rope.sin.dataSync() as Float32Array };
+    const tables = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
+    const scale = 1 / Math.sqrt(headDim(config));
+    this.rope = { ...tables, qCos: tf.mul(tables.cos, scale), qSin: tf.mul(tables.sin, scale) };
+    const cos = tables.cos.dataSync() as Float32Array;
+    const sin = tables.sin.dataSync() as Float32Array;
+    this.ropeHost = { cos, sin, qCos: cos.map((v) => v * scale), qSin: sin.map((v) => v * scale) };
     this.gatherGrad = tf.getKernel('UnsortedSegmentSum', tf.getBackend()) !== undefined;
   }
 
@@ -81,10 +86,15 @@ export class GPTNeoX {
     if (T > this.config.max_position_embeddings) {
       throw new Error(`sequence of ${T} tokens exceeds max_position_embeddings ${this.config.max_position_embeddings}`);
     }
-    const cos = tf.slice(this.rope.cos, [0, 0], [T, -1]);
-    const sin = tf.slice(this.rope.sin, [0, 0], [T, -1]);
-    const s = this.scoreScale();
-    const geo: Geometry = { qCos: tf.mul(cos, s), qSin: tf.mul(sin, s), kCos: cos, kSin: sin, bias: this.causalBias(T), onAttention };
+    const first = (table: tf.Tensor2D) => tf.slice(table, [0, 0], [T, -1]);
+    const geo: Geometry = {
+      qCos: first(this.rope.qCos),
+      qSin: first(this.rope.qSin),
+      kCos: first(this.rope.cos),
+      kSin: first(this.rope.sin),
+      bias: this.causalBias(T),
+      onAttention,
+    };
     return this.run(tf.reshape(ids, [B * T]) as tf.Tensor1D, B, T, geo);
   }
 
@@ -103,15 +113,14 @@ export class GPTNeoX {
     const hd = headDim(this.config);
     const logits = tf.tidy(() => {
       // cos/sin rows gathered on the host: a copy of a few KB beats four gather kernels.
-      const rows = (table: Float32Array, pos: Int32Array, scale = 1) => {
+      const rows = (table: Float32Array, pos: Int32Array) => {
         const out = new Float32Array(pos.length * hd);
         pos.forEach((p, i) => out.set(table.subarray(p * hd, (p + 1) * hd), i * hd));
-        if (scale !== 1) for (let i = 0; i < out.length; i++) out[i]! *= scale;
         return out;
       };
       const geo: Geometry = {
-        qCos: tf.tensor4d(rows(this.ropeHost.cos, layout.queryPositions, this.scoreScale()), [B, 1, n, hd]),
-        qSin: tf.tensor4d(rows(this.ropeHost.sin, layout.queryPositions, this.scoreScale()), [B, 1, n, hd]),
+        qCos: tf.tensor4d(rows(this.ropeHost.qCos, layout.queryPositions), [B, 1, n, hd]),
+        qSin: tf.tensor4d(rows(this.ropeHost.qSin, layout.queryPositions), [B, 1, n, hd]),
         kCos: tf.tensor4d(rows(this.ropeHost.cos, layout.keyPositions), [B, 1, L, hd]),
         kSin: tf.tensor4d(rows(this.ropeHost.sin, layout.keyPositions), [B, 1, L, hd]),
         bias: tf.tensor4d(layout.bias, [B, 1, n, L]),
@@ -120,11 +129,6 @@ export class GPTNeoX {
     });
     cache.commit();
     return logits;
-  }
-
-  /** 1/sqrt(head_dim), the attention scores' scale (folded into the query rotary tables). */
-  private scoreScale(): number {
-    return 1 / Math.sqrt(headDim(this.config));
   }
 
   private causalBias(T: number): tf.Tensor2D {
@@ -222,9 +226,7 @@ export class GPTNeoX {
   dispose(): void {
     releaseHostStep(this);
     for (const v of this.params.values()) v.dispose();
-    this.rope.cos.dispose();
-    this.rope.sin.dispose();
-    this.rope.rot.dispose();
+    tf.dispose(Object.values(this.rope));
     for (const m of this.causal.values()) m.dispose();
   }
 }
