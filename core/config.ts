@@ -27,6 +27,8 @@ export const ModelSection = z
     layer_norm_eps: z.number().positive().default(1e-5),
     hidden_act: z.enum(['gelu', 'gelu_new']).default('gelu'),
     sink_mode: z.enum(SINK_MODES).default('none'),
+    /** `pythia` (gpt-neox small_init + wang_init) or `hf` (normal, std initializer_range). */
+    init: z.enum(['pythia', 'hf']).default('pythia'),
     initializer_range: z.number().positive().default(0.02),
   })
   .strict();

@@ -1,8 +1,9 @@
 /**
  * The parameter layout: HF GPT-NeoX names and PyTorch shapes, one to one, so loading a
- * checkpoint is a lookup. Initialisation follows Pythia (normal, std initializer_range;
- * output projections scaled down by sqrt(2 * layers) so the residual stream does not
- * grow with depth; LayerNorm 1/0; biases 0), seeded and backend-independent.
+ * checkpoint is a lookup. Initialisation is Pythia's as gpt-neox configures it
+ * (`init_method: small_init`, `output_layer_init_method: wang_init`), or HF's
+ * `_init_weights` (normal, std initializer_range) on request; LayerNorm 1/0, biases 0;
+ * seeded and backend-independent.
  */
 import seedrandom from 'seedrandom';
 import type { NeoXConfig } from './config.js';
@@ -57,7 +58,22 @@ export function decays(kind: ParamKind): boolean {
   return kind === 'weight' || kind === 'output' || kind === 'embedding';
 }
 
-export function initParams(c: NeoXConfig, seed: number): TensorMap {
+/**
+ * `pythia`: gpt-neox's small_init, std sqrt(2 / (5 d)) (Nguyen & Salazar), for the embedding,
+ * QKV, h->4h and the output head; wang_init, std 2 / (L sqrt(d)), for the two projections that
+ * write into the residual stream (attention.dense, dense_4h_to_h), so it does not grow with
+ * depth. `hf`: every matrix normal with std initializer_range, as HF's _init_weights does.
+ */
+export const INIT_METHODS = ['pythia', 'hf'] as const;
+export type InitMethod = (typeof INIT_METHODS)[number];
+
+export function initStd(c: NeoXConfig, kind: 'weight' | 'output' | 'embedding', method: InitMethod = 'pythia'): number {
+  if (method === 'hf') return c.initializer_range;
+  const d = c.hidden_size;
+  return kind === 'output' ? 2 / (c.num_hidden_layers * Math.sqrt(d)) : Math.sqrt(2 / (5 * d));
+}
+
+export function initParams(c: NeoXConfig, seed: number, method: InitMethod = 'pythia'): TensorMap {
   const rng = seedrandom(`sinklm-init-${seed}`);
   // Box-Muller on a seeded uniform: the same numbers on every backend and machine.
   const normal = (std: number, n: number): Float32Array => {
@@ -71,13 +87,11 @@ export function initParams(c: NeoXConfig, seed: number): TensorMap {
     }
     return out;
   };
-  const std = c.initializer_range;
   const map: TensorMap = new Map();
   for (const s of paramSpecs(c)) {
     const n = s.shape.reduce((a, b) => a * b, 1);
     let data: Float32Array;
-    if (s.kind === 'weight' || s.kind === 'embedding') data = normal(std, n);
-    else if (s.kind === 'output') data = normal(std / Math.sqrt(2 * c.num_hidden_layers), n);
+    if (s.kind === 'weight' || s.kind === 'embedding' || s.kind === 'output') data = normal(initStd(c, s.kind, method), n);
     else if (s.kind === 'norm_weight') data = new Float32Array(n).fill(1);
     else data = new Float32Array(n); // biases and sink logits start at 0
     map.set(s.name, { shape: s.shape, data } satisfies NamedArray);

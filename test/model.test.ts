@@ -5,7 +5,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { SINK_MODES, type SinkMode } from '../core/config.js';
 import { loadModel } from '../model/checkpoint.js';
 import { DenseCache } from '../infer/cache/dense.js';
-import { maxAbsDiff, testBackend, tinyModel } from './helpers.js';
+import { initParams } from '../model/params.js';
+import { maxAbsDiff, testBackend, tinyConfig, tinyModel } from './helpers.js';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
@@ -109,4 +110,25 @@ describe('gradients: autodiff agrees with finite differences', () => {
       model.dispose();
     });
   }
+});
+
+describe('initialisation is Pythia\'s (gpt-neox small_init + wang_init)', () => {
+  const std = (a: Float32Array) => Math.sqrt(a.reduce((s, x) => s + x * x, 0) / a.length);
+  it('matrices have std sqrt(2/(5d)), the residual-writing projections 2/(L sqrt(d)); norms 1, biases 0', () => {
+    const c = { ...tinyConfig({ hidden_size: 64, num_hidden_layers: 3, num_attention_heads: 4, intermediate_size: 256, vocab_size: 300 }), sink_mode: 'logit' as const };
+    const w = initParams(c, 3);
+    const small = Math.sqrt(2 / (5 * 64));
+    const wang = 2 / (3 * Math.sqrt(64));
+    for (const name of ['gpt_neox.embed_in.weight', 'embed_out.weight', 'gpt_neox.layers.1.attention.query_key_value.weight', 'gpt_neox.layers.2.mlp.dense_h_to_4h.weight']) {
+      expect(Math.abs(std(w.get(name)!.data) / small - 1), name).toBeLessThan(0.03);
+    }
+    for (const name of ['gpt_neox.layers.0.attention.dense.weight', 'gpt_neox.layers.2.mlp.dense_4h_to_h.weight']) {
+      expect(Math.abs(std(w.get(name)!.data) / wang - 1), name).toBeLessThan(0.03);
+    }
+    expect([...w.get('gpt_neox.layers.0.input_layernorm.weight')!.data].every((x) => x === 1)).toBe(true);
+    expect([...w.get('gpt_neox.layers.0.attention.dense.bias')!.data].every((x) => x === 0)).toBe(true);
+    expect([...w.get('gpt_neox.layers.0.attention.sinks')!.data].every((x) => x === 0)).toBe(true);
+    const hf = initParams(c, 3, 'hf');
+    expect(Math.abs(std(hf.get('gpt_neox.layers.0.attention.dense.weight')!.data) / c.initializer_range - 1)).toBeLessThan(0.03);
+  });
 });

@@ -139,6 +139,9 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     const recorded = (JSON.parse(fs.readFileSync(runFile, 'utf8')) as { identity: Record<string, unknown> }).identity;
     // Runs started before replicas could change recorded the count in their identity.
     delete (recorded.train as Record<string, unknown> | undefined)?.replicas;
+    // Runs started before model.init existed: the init only shaped step 0, which is past.
+    const rm = recorded.model as Record<string, unknown> | undefined;
+    if (rm && !('init' in rm)) rm.init = cfg.model.init;
     checkSameRun(recorded, identity, cfg.source);
     const last = listCheckpoints(out).at(-1)!;
     state = readState(last.dir);
@@ -150,7 +153,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   } else {
     fs.mkdirSync(out, { recursive: true });
     writeFileAtomic(path.join(out, RUN_FILE), JSON.stringify({ config: { ...cfg, source: undefined }, identity }, null, 2) + '\n');
-    model = new GPTNeoX(mc, initParams(mc, t.seed));
+    model = new GPTNeoX(mc, initParams(mc, t.seed, cfg.model.init));
     sampler = new BatchSampler(samplerOpts);
   }
   const opt = new AdamW(model.params, model.specs, {
