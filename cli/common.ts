@@ -3,7 +3,7 @@
  * error into the contract's exit codes (2 with one line for bad input, 1 otherwise).
  */
 import type { Argv } from 'yargs';
-import { describeFailure } from '../core/errors.js';
+import { describeFailure, UserError } from '../core/errors.js';
 import { initBackend, type BackendName } from '../core/backend.js';
 
 export interface GlobalArgs {
@@ -22,13 +22,18 @@ export function withJson<T>(y: Argv<T>): Argv<T & { json: boolean }> {
 /** For commands that stream token by token: one TensorFlow intra-op thread (see initBackend). */
 export const ONE_THREAD = { intraOpThreads: 1 } as const;
 
-/** Runs a command body; errors become one stderr line and an exit code, never a crash. */
+/**
+ * Runs a command body; errors become one stderr line and an exit code, never a crash.
+ * `check` runs first, before the backend starts: the argument and output-path checks that
+ * need no model, so bad input costs no start-up and no work.
+ */
 export async function runCommand(
   args: GlobalArgs,
   body: () => Promise<void>,
-  opts: { backend?: boolean; intraOpThreads?: number } = {},
+  opts: { backend?: boolean; intraOpThreads?: number; check?: () => void } = {},
 ): Promise<void> {
   try {
+    opts.check?.();
     if (opts.backend !== false) await initBackend({ prefer: args.backend, quiet: !!args.json, intraOpThreads: opts.intraOpThreads });
     await body();
   } catch (e) {
@@ -41,4 +46,25 @@ export async function runCommand(
 /** Prints the one JSON object of `--json` mode. */
 export function printJson(obj: unknown): void {
   process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+/** A threshold strictly between 0 and 1 (the sink metric's eps). */
+export function checkFraction(v: number, field: string): void {
+  if (!(v > 0 && v < 1)) throw new UserError(`must be a number between 0 and 1 (got ${v})`, { field });
+}
+
+/** A whole number >= min, when given. */
+export function checkInt(v: number | undefined, field: string, min = 1): void {
+  if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new UserError(`must be a whole number >= ${min} (got ${v})`, { field });
+}
+
+/** yargs turns an option given twice into an array; these commands take each once. */
+export function once(args: object, names: readonly string[]): void {
+  const a = args as Record<string, unknown>;
+  for (const o of names) if (Array.isArray(a[o])) throw new UserError('give it once', { field: `--${o}` });
+}
+
+/** The library's camelCase result fields as the snake_case keys every --json output uses. */
+export function snakeKeys(obj: object): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(obj).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), v]));
 }

@@ -2,12 +2,41 @@
  * The command line: argument parsing only. Each command is one module in commands/ that
  * parses its options and calls library functions.
  */
+import * as fs from 'node:fs';
 import yargs from 'yargs';
-import { EXIT_BAD_INPUT } from '../core/errors.js';
+import { EXIT_BAD_INPUT, isUserError } from '../core/errors.js';
 import { BACKENDS } from '../core/backend.js';
 import { commands } from './commands/index.js';
+import { joinDashedValues, rejectNaN } from './argv.js';
+
+/** The package's own version, from the package.json two folders above dist/cli/. */
+function packageVersion(): string {
+  const pkg: unknown = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+  return (pkg as { version?: string }).version ?? 'unknown';
+}
+
+const COMMAND_NAMES = commands.map((c) => String(c.command).split(' ')[0]!);
+
+/** The first word that is not an option (nor the value of --backend): the command the user named. */
+function firstWord(argv: string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') return argv[i + 1];
+    if (a === '--backend') i++;
+    else if (!a.startsWith('-')) return a;
+  }
+  return undefined;
+}
+
+function badInput(line: string): never {
+  process.stderr.write(`sinklm: error: ${line}\n`);
+  process.exit(EXIT_BAD_INPUT);
+}
 
 export async function main(argv: string[]): Promise<void> {
+  const word = firstWord(argv);
+  if (word !== undefined && !COMMAND_NAMES.includes(word)) badInput(`unknown command: ${word} (commands: ${COMMAND_NAMES.join(', ')}; see sinklm --help)`);
+  argv = joinDashedValues(argv);
   let parser = yargs(argv)
     .scriptName('sinklm')
     .usage('$0 <command> [options]\n\nPre-train attention-sink language models and stream them with StreamingLLM.')
@@ -21,13 +50,20 @@ export async function main(argv: string[]): Promise<void> {
     .recommendCommands()
     .help()
     .alias('h', 'help')
-    .version(false)
+    .version(packageVersion())
+    .middleware((a) => rejectNaN(a, argv), true)
     .wrap(Math.min(110, process.stdout.columns ?? 100))
     .fail((msg, err) => {
+      if (err && isUserError(err)) badInput(err.line());
       if (err) throw err;
-      process.stderr.write(`sinklm: error: ${msg} (see sinklm --help)\n`);
-      process.exit(EXIT_BAD_INPUT);
+      badInput(`${msg} (see sinklm --help)`);
     });
   for (const c of commands) parser = parser.command(c);
-  await parser.parseAsync();
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    // Middleware (rejectNaN) throws past yargs' fail handler.
+    if (isUserError(e)) badInput(e.line());
+    throw e;
+  }
 }

@@ -201,8 +201,37 @@ export function parseRunConfig(raw: unknown, file: string): RunConfig {
       { file, field: 'model.max_position_embeddings' },
     );
   }
+  checkAblate(cfg, file);
   return { ...cfg, source: path.resolve(file) };
 }
+
+/**
+ * The ablation grid's caches, checked at load rather than after four variants have trained:
+ * the window must fit the model's positions, and `initial` must hold the 0, 1 and 4 sink
+ * tokens whose cells the verdicts compare (experiments/grid.ts).
+ */
+function checkAblate(cfg: z.infer<typeof RunConfigSchema>, file: string): void {
+  const context = cfg.model.max_position_embeddings ?? cfg.train.seq_len;
+  const a = cfg.ablate;
+  const window = a.window ?? Math.floor(cfg.train.seq_len / 2);
+  if (window > context) {
+    throw new UserError(
+      `${window} is more than the model's context of ${context} positions (model.max_position_embeddings, else train.seq_len); StreamingLLM's cache must fit in it`,
+      { file, field: 'ablate.window' },
+    );
+  }
+  const missing = VERDICT_SINKS.filter((s) => !a.initial.includes(s));
+  if (missing.length) {
+    throw new UserError(`must include ${VERDICT_SINKS.join(', ')} (the verdicts compare those cells); ${missing.join(', ')} missing`, { file, field: 'ablate.initial' });
+  }
+  const tooMany = a.initial.find((s) => s >= window);
+  if (tooMany !== undefined) {
+    throw new UserError(`${tooMany} sink tokens leave no recent tokens in a window of ${window} (ablate.window)`, { file, field: 'ablate.initial' });
+  }
+}
+
+/** Sink-token counts whose grid cells the ablation's verdicts read. */
+export const VERDICT_SINKS = [0, 1, 4] as const;
 
 /** Loads configs/NAME.json (or any path), resolving `extends` and filling defaults. */
 export function loadRunConfig(file: string): RunConfig {

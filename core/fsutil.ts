@@ -8,7 +8,9 @@ import { UserError } from './errors.js';
  */
 export function writeFileAtomic(file: string, data: string | Uint8Array): void {
   const dir = path.dirname(file);
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
+  // A folder at `file` would put the temp file beside it, in the folder's parent.
+  if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new UserError('is a folder; give a file name', { file });
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
   const fd = fs.openSync(tmp, 'w');
   try {
@@ -59,7 +61,11 @@ export function readJsonFile(file: string): unknown {
  * invalid UTF-8 with a UserError naming the file.
  */
 export function readUtf8File(file: string): string {
-  const bytes = readFileBytes(file);
+  return decodeUtf8(readFileBytes(file), file);
+}
+
+/** The text of bytes read from `file` (or stdin), by readUtf8File's rule. */
+export function decodeUtf8(bytes: Uint8Array, file: string): string {
   const nul = bytes.indexOf(0);
   if (nul >= 0) throw new UserError(`binary file, not text (NUL byte at offset ${nul})`, { file });
   try {
@@ -71,10 +77,47 @@ export function readUtf8File(file: string): string {
 
 /** Checks that a directory can be created and written to, before a long job starts. */
 export function ensureWritableDir(dir: string): void {
+  makeDirs(dir);
   try {
-    fs.mkdirSync(dir, { recursive: true });
     fs.accessSync(dir, fs.constants.W_OK);
   } catch (e) {
     throw new UserError(`output folder is not writable (${(e as NodeJS.ErrnoException).code})`, { file: dir });
+  }
+}
+
+/**
+ * mkdir -p, one level at a time. Node's own recursive mkdir loops forever where mkdir
+ * answers ENOENT for a parent that exists (/proc); this one makes each missing level once
+ * and stops with a UserError naming the folder at the first refusal.
+ */
+export function makeDirs(dir: string): void {
+  const missing: string[] = [];
+  let at = path.resolve(dir);
+  for (;;) {
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(at);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new UserError(`cannot look at ${at} (${code})`, { file: dir });
+    }
+    if (st) {
+      if (!st.isDirectory()) throw new UserError(`cannot create this folder: ${at} is a file, not a folder`, { file: dir });
+      break;
+    }
+    missing.push(at);
+    const up = path.dirname(at);
+    if (up === at) break;
+    at = up;
+  }
+  for (const d of missing.reverse()) {
+    try {
+      fs.mkdirSync(d);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      // Another process may have made it meanwhile; that is what we wanted.
+      if (code === 'EEXIST' && fs.statSync(d).isDirectory()) continue;
+      throw new UserError(`cannot create folder ${d} (${code})`, { file: dir });
+    }
   }
 }

@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import type { RunConfig } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
+import { checkOutputPath } from '../core/outpath.js';
 import { encodeDocuments, trainBpeFile } from './bpe.js';
 import { EMBEDDED_CORPUS, corpusFiles, loadCorpus } from './corpus.js';
 import {
@@ -163,6 +164,8 @@ export async function prepareData(cfg: RunConfig, opts: PrepareOptions = {}): Pr
     return reused;
   }
 
+  // Checked only when it is to be written: a reused folder may well be read-only.
+  checkOutputPath(dir, 'folder', opts.out !== undefined ? '--out' : 'data.dir');
   const tmp = beginOutput(dir);
   try {
     const manifest = await build(tmp, d, cfg.source, print, opts.shardTokens ?? DEFAULT_SHARD_TOKENS, log);

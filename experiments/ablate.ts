@@ -7,7 +7,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { RunConfig, SinkMode } from '../core/config.js';
-import { writeFileAtomic } from '../core/fsutil.js';
+import { makeDirs, writeFileAtomic } from '../core/fsutil.js';
+import { checkOutputPath } from '../core/outpath.js';
 import { prepareData } from '../data/prepare.js';
 import type { AttentionStats } from '../infer/attention.js';
 import { readText } from '../infer/text.js';
@@ -79,10 +80,19 @@ export async function trainVariants(cfg: RunConfig, root: string, log: (l: strin
 
 export async function ablate(
   cfg: RunConfig,
-  opts: { out?: string; progress?: boolean; log?: (l: string) => void; skipTraining?: boolean } = {},
+  opts: {
+    out?: string;
+    progress?: boolean;
+    log?: (l: string) => void;
+    skipTraining?: boolean;
+    /** Where shipAblation will copy the result: checked here, before any training, so a bad one costs nothing. */
+    ship?: string;
+  } = {},
 ): Promise<AblationResult> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   const root = ablateRoot(cfg, opts.out);
+  checkOutputPath(root, 'folder', opts.out !== undefined ? '--out' : 'ablate.out');
+  if (opts.ship !== undefined) checkOutputPath(opts.ship, 'folder', '--ship');
   if (!opts.skipTraining) await trainVariants(cfg, root, log, opts.progress);
 
   const prep = await prepareData(cfg, { log });
@@ -147,16 +157,17 @@ export async function ablate(
  * training logs, the report, the test text, and validate.json with the grid to reproduce.
  */
 export function shipAblation(result: AblationResult, textFile: string, dest: string): void {
-  fs.mkdirSync(dest, { recursive: true });
+  checkOutputPath(dest, 'folder', '--ship');
+  makeDirs(dest);
   for (const v of result.variants) {
     const to = path.join(dest, v.sink_mode);
-    fs.mkdirSync(to, { recursive: true });
+    makeDirs(to);
     for (const f of [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, METRICS_FILE, STATE_FILE]) {
       writeFileAtomic(path.join(to, f), fs.readFileSync(path.join(v.dir, f)));
     }
   }
   const reportDir = path.join(result.out, 'report');
-  fs.mkdirSync(path.join(dest, 'report'), { recursive: true });
+  makeDirs(path.join(dest, 'report'));
   for (const f of fs.readdirSync(reportDir)) writeFileAtomic(path.join(dest, 'report', f), fs.readFileSync(path.join(reportDir, f)));
   writeFileAtomic(path.join(dest, 'test_stream.txt'), fs.readFileSync(textFile));
   const manifest = {

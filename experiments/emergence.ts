@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { parseRunConfig, type SinkMode } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { readJsonFile } from '../core/fsutil.js';
+import { checkInputDir } from '../core/outpath.js';
 import { lineChart } from '../core/plot.js';
 import { prepareData } from '../data/prepare.js';
 import { attentionStatsOver, attentionWindows, FIRST_K, SINK_EPS, stackSvgs, type AttentionStats } from '../infer/attention.js';
@@ -45,6 +46,7 @@ export interface EmergenceTrace {
 
 /** The weights a run holds, oldest first: snapshots/step-N, then the run's newest weights. */
 export function runWeights(run: string): { step: number; dir: string }[] {
+  checkInputDir(run, 'run folder');
   const snaps = path.join(run, 'snapshots');
   const out = (fs.existsSync(snaps) ? fs.readdirSync(snaps) : [])
     .filter((n) => /^step-\d+$/.test(n) && fs.existsSync(path.join(snaps, n, WEIGHTS_FILE)))
@@ -64,6 +66,7 @@ function validationLosses(run: string): { step: number; val_loss: number }[] {
 
 /** The held-out test stream of the data a run was trained on (prepared again if missing). */
 export async function runTestText(run: string, log?: (l: string) => void): Promise<string> {
+  checkInputDir(run, 'run folder');
   const file = path.join(run, RUN_FILE);
   if (!fs.existsSync(file)) throw new UserError(`has no ${RUN_FILE}; pass --text`, { file: run });
   const saved = readJsonFile(file) as { config?: unknown };
@@ -96,6 +99,9 @@ export async function emergenceTrace(
 ): Promise<EmergenceTrace> {
   const windows = opts.windows ?? 8;
   const eps = opts.eps ?? SINK_EPS;
+  // Checked before any weights load: a bad count would otherwise surface only after them.
+  if (!Number.isInteger(windows) || windows < 1) throw new UserError(`must be a whole number >= 1 (got ${windows})`, { field: 'windows' });
+  if (!(eps > 0 && eps < 1)) throw new UserError(`must be a number between 0 and 1 (got ${eps})`, { field: 'eps' });
   const losses = validationLosses(run);
   const points: EmergencePoint[] = [];
   let last: AttentionStats | undefined;

@@ -5,9 +5,9 @@
  * so the next round continues the same stream. The cache holds at most S + W keys however
  * long the conversation runs.
  */
-import * as fs from 'node:fs';
 import { backendInfo } from '../core/backend.js';
 import { UserError } from '../core/errors.js';
+import { readUtf8File } from '../core/fsutil.js';
 import { progressBar } from '../core/progress.js';
 import { checkCache, makePolicy, type CacheSpec, type StreamPolicy } from './policy.js';
 import { makeSampler, type SamplingOptions } from './sampling.js';
@@ -59,14 +59,8 @@ export const DEFAULT_SEPARATOR = '\n\n';
  * per non-blank line. An empty file is bad input.
  */
 export function readPrompts(file: string): string[] {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UserError(code === 'ENOENT' ? 'prompts file not found' : `cannot read (${code})`, { file });
-  }
-  return parsePrompts(text, file);
+  // The same rule as --text: invalid UTF-8 is refused, not silently replaced.
+  return parsePrompts(readUtf8File(file), file);
 }
 
 export function parsePrompts(text: string, file = 'stdin'): string[] {

@@ -1,6 +1,7 @@
 /** From a checkpoint and a text file to the token stream a model sees. */
 import { UserError } from '../core/errors.js';
 import { readUtf8File } from '../core/fsutil.js';
+import { checkInputDir } from '../core/outpath.js';
 import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import { checkpointTokenizerPath, loadModel } from '../model/checkpoint.js';
 import type { GPTNeoX } from '../model/neox.js';
@@ -12,6 +13,7 @@ export interface LoadedCheckpoint {
 }
 
 export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  checkInputDir(dir, 'checkpoint');
   const model = loadModel(dir);
   const tokenizer = await loadTokenizer(checkpointTokenizerPath(dir));
   const needed = tokenizer.vocabSize;

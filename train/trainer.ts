@@ -11,6 +11,7 @@ import { ensureBackend } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
+import { checkOutputPath } from '../core/outpath.js';
 import { progressBar, formatDuration } from '../core/progress.js';
 import { prepareData, readSplitTokens, type PreparedData } from '../data/prepare.js';
 import { BatchSampler, evalBatches, type Batch } from '../data/sampler.js';
@@ -111,6 +112,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   const info = await ensureBackend();
   const out = path.resolve(opts.out ?? defaultOutDir(cfg));
   const t = cfg.train;
+  checkOutputPath(out, 'folder');
   const mode = checkOutDir(out, !!opts.resume);
 
   // Data: prepared (or reused) exactly as `sinklm prepare` would.

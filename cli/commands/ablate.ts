@@ -2,9 +2,10 @@ import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { loadRunConfig } from '../../core/config.js';
 import { prepareData } from '../../data/prepare.js';
-import { ablate, shipAblation } from '../../experiments/ablate.js';
+import { checkOutputPath } from '../../core/outpath.js';
+import { ablate, ablateRoot, shipAblation } from '../../experiments/ablate.js';
 import { gridTable } from '../../experiments/report.js';
-import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   config: string;
@@ -28,7 +29,7 @@ export const ablateCommand: CommandModule<GlobalArgs, Args> = {
   handler: (args) =>
     runCommand(args, async () => {
       const cfg = loadRunConfig(args.config);
-      const r = await ablate(cfg, { out: args.out, progress: args.json ? false : undefined, skipTraining: args['skip-training'] });
+      const r = await ablate(cfg, { out: args.out, ship: args.ship, progress: args.json ? false : undefined, skipTraining: args['skip-training'] });
       if (args.ship) {
         const prep = await prepareData(cfg, { log: () => {} });
         shipAblation(r, path.join(prep.dir, 'test_stream.txt'), args.ship);
@@ -37,5 +38,13 @@ export const ablateCommand: CommandModule<GlobalArgs, Args> = {
       process.stdout.write(`${gridTable(r, r.variants.map((v) => v.name))}\n\n`);
       for (const v of r.verdicts) process.stdout.write(`${v.holds === null ? 'INCONCLUSIVE ' : v.holds ? 'HOLDS        ' : 'DOES NOT HOLD'}  ${v.claim}: ${v.evidence}\n`);
       process.stdout.write(`\nreport: ${path.join(r.out, 'report', 'report.md')} [${r.backend}]\n`);
-    }, ONE_THREAD),
+    }, {
+      ...ONE_THREAD,
+      check: () => {
+        once(args, ['config', 'out', 'ship']);
+        const cfg = loadRunConfig(args.config);
+        checkOutputPath(ablateRoot(cfg, args.out), 'folder', args.out !== undefined ? '--out' : 'ablate.out');
+        if (args.ship !== undefined) checkOutputPath(args.ship, 'folder', '--ship');
+      },
+    }),
 };

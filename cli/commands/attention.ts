@@ -1,9 +1,9 @@
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
+import { checkInputDir, checkOutputPath } from '../../core/outpath.js';
 import { attentionPlot, attentionStats, attentionTokens, formatAttentionStats, SINK_EPS } from '../../infer/attention.js';
 import { loadCheckpoint, readText } from '../../infer/text.js';
-import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { checkFraction, once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -28,7 +28,6 @@ export const attentionCommand: CommandModule<GlobalArgs, Args> = {
     ),
   handler: (args) =>
     runCommand(args, async () => {
-      for (const o of ['checkpoint', 'text', 'tokens', 'plot'] as const) if (Array.isArray(args[o])) throw new UserError('give it once', { field: `--${o}` });
       const ck = await loadCheckpoint(args.checkpoint);
       let stats;
       try {
@@ -44,5 +43,13 @@ export const attentionCommand: CommandModule<GlobalArgs, Args> = {
       }
       process.stdout.write(formatAttentionStats(stats));
       if (args.plot) process.stdout.write(`plot: ${args.plot}\n`);
-    }, ONE_THREAD),
+    }, {
+      ...ONE_THREAD,
+      check: () => {
+        once(args, ['checkpoint', 'text', 'tokens', 'eps', 'plot']);
+        checkFraction(args.eps, '--eps');
+        checkInputDir(args.checkpoint, '--checkpoint');
+        if (args.plot !== undefined) checkOutputPath(args.plot, 'file', '--plot');
+      },
+    }),
 };

@@ -1,10 +1,10 @@
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
+import { checkInputDir, checkOutputPath } from '../../core/outpath.js';
 import { emergencePlot, emergenceTrace, formatEmergence, runLabels, runTestText, type EmergenceTrace } from '../../experiments/emergence.js';
 import { SINK_EPS } from '../../infer/attention.js';
 import { readText } from '../../infer/text.js';
-import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { checkFraction, checkInt, once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   runs: string[];
@@ -29,8 +29,6 @@ export const emergenceCommand: CommandModule<GlobalArgs, Args> = {
     ),
   handler: (args) =>
     runCommand(args, async () => {
-      for (const o of ['text', 'windows', 'eps', 'plot'] as const) if (Array.isArray(args[o])) throw new UserError('give it once', { field: `--${o}` });
-      if (!(args.eps > 0 && args.eps < 1)) throw new UserError('must be between 0 and 1', { field: '--eps' });
       const log = (l: string) => process.stderr.write(l + '\n');
       const traces: EmergenceTrace[] = [];
       const names = runLabels(args.runs);
@@ -44,5 +42,14 @@ export const emergenceCommand: CommandModule<GlobalArgs, Args> = {
       if (args.json) return printJson({ runs: traces });
       process.stdout.write(formatEmergence(traces));
       if (args.plot) process.stdout.write(`plot: ${args.plot}\n`);
-    }, ONE_THREAD),
+    }, {
+      ...ONE_THREAD,
+      check: () => {
+        once(args, ['text', 'windows', 'eps', 'plot']);
+        checkFraction(args.eps, '--eps');
+        checkInt(args.windows, '--windows');
+        for (const run of args.runs) checkInputDir(String(run), 'run folder');
+        if (args.plot !== undefined) checkOutputPath(args.plot, 'file', '--plot');
+      },
+    }),
 };

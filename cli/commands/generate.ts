@@ -1,12 +1,13 @@
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../core/errors.js';
+import { decodeUtf8 } from '../../core/fsutil.js';
+import { checkInputDir } from '../../core/outpath.js';
 import { generate, parsePrompts, readPrompts, type OnText } from '../../infer/generate.js';
 import { parseCache } from '../../infer/policy.js';
 import { checkSampling, type SamplingOptions } from '../../infer/sampling.js';
 import { loadCheckpoint } from '../../infer/text.js';
-import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { checkInt, once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -37,17 +38,14 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
     ),
   handler: (args) =>
     runCommand(args, async () => {
-      for (const o of ['checkpoint', 'cache', 'prompts'] as const) if (Array.isArray(args[o])) throw new UserError('give it once', { field: `--${o}` });
       const cache = parseCache(String(args.cache));
       const sampling: SamplingOptions = { temperature: args.temperature, topK: args['top-k'], topP: args['top-p'], seed: args.seed };
-      checkSampling(sampling);
       const maxNew = args['max-new-tokens'];
-      if (!Number.isInteger(maxNew) || maxNew < 0) throw new UserError('must be a whole number >= 0', { field: '--max-new-tokens' });
       const out = (s: string) => process.stdout.write(s);
       // At a terminal it is a chat: each line typed is a turn, answered before the next is read.
       const chat = args.prompts === undefined && process.stdin.isTTY === true && !args.json;
       const prompts =
-        args.prompts !== undefined ? readPrompts(args.prompts) : chat ? terminalTurns(out) : parsePrompts(fs.readFileSync(0, 'utf8'), 'stdin');
+        args.prompts !== undefined ? readPrompts(args.prompts) : chat ? terminalTurns(out) : parsePrompts(decodeUtf8(fs.readFileSync(0), 'stdin'), 'stdin');
       const ck = await loadCheckpoint(args.checkpoint);
       try {
         const onText: OnText = (text, { round, kind }) => {
@@ -56,7 +54,8 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
         };
         const r = await generate(ck, prompts, { cache, maxNewTokens: maxNew, sampling, progress: args.json ? undefined : false }, args.json ? undefined : onText);
         if (args.json) {
-          printJson({ rounds: r.rounds, kv_tokens_max: r.kv_tokens_max, cache: r.cache, tokens_fed: r.tokens_fed, backend: r.backend });
+          const settings = { seed: args.seed, temperature: args.temperature, top_k: args['top-k'], top_p: args['top-p'], max_new_tokens: maxNew };
+          printJson({ rounds: r.rounds, kv_tokens_max: r.kv_tokens_max, cache: r.cache, tokens_fed: r.tokens_fed, backend: r.backend, ...settings });
           return;
         }
         out('\n');
@@ -68,7 +67,16 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       } finally {
         ck.model.dispose();
       }
-    }, ONE_THREAD),
+    }, {
+      ...ONE_THREAD,
+      check: () => {
+        once(args, ['checkpoint', 'cache', 'prompts', 'max-new-tokens', 'temperature', 'top-k', 'top-p', 'seed']);
+        parseCache(String(args.cache));
+        checkSampling({ temperature: args.temperature, topK: args['top-k'], topP: args['top-p'], seed: args.seed });
+        checkInt(args['max-new-tokens'], '--max-new-tokens', 0);
+        checkInputDir(args.checkpoint, '--checkpoint');
+      },
+    }),
 };
 
 /** Lines typed at the terminal, one turn each, until Ctrl-D. */

@@ -1,7 +1,9 @@
 import type { CommandModule } from 'yargs';
+import { backendInfo } from '../../core/backend.js';
+import { checkInputDir } from '../../core/outpath.js';
 import { loadCheckpoint, readText } from '../../infer/text.js';
 import { score } from '../../infer/score.js';
-import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -19,12 +21,24 @@ export const scoreCommand: CommandModule<GlobalArgs, Args> = {
         .option('text', { type: 'string', demandOption: true, describe: 'UTF-8 text file' }),
     ),
   handler: (args) =>
-    runCommand(args, async () => {
-      const ck = await loadCheckpoint(args.checkpoint);
-      const r = score(ck, readText(args.text), args.text);
-      ck.model.dispose();
-      if (args.json) return printJson(r);
-      const mean = r.nll.reduce((a, b) => a + b, 0) / r.nll.length;
-      process.stdout.write(`tokens ${r.tokens.length}  nll_mean ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(3)}\n`);
-    }, ONE_THREAD),
+    runCommand(
+      args,
+      async () => {
+        const ck = await loadCheckpoint(args.checkpoint);
+        const r = score(ck, readText(args.text), args.text);
+        ck.model.dispose();
+        const mean = r.nll.reduce((a, b) => a + b, 0) / r.nll.length;
+        const backend = backendInfo().backend;
+        if (args.json) return printJson({ ...r, nll_mean: mean, ppl: Math.exp(mean), backend });
+        process.stderr.write(`score: backend ${backend}\n`);
+        process.stdout.write(`tokens ${r.tokens.length}  nll_mean ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(3)}  [${backend}]\n`);
+      },
+      {
+        ...ONE_THREAD,
+        check: () => {
+          once(args, ['checkpoint', 'text']);
+          checkInputDir(args.checkpoint, '--checkpoint');
+        },
+      },
+    ),
 };

@@ -1,10 +1,10 @@
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
-import { parseCache, POLICIES, type PolicyName } from '../../infer/policy.js';
-import { streamEval } from '../../infer/stream.js';
+import { checkInputDir, checkOutputPath } from '../../core/outpath.js';
+import { checkCache, parseCache, POLICIES, type PolicyName } from '../../infer/policy.js';
+import { streamEval, WARMUP_TOKENS } from '../../infer/stream.js';
 import { loadCheckpoint, readText, textStream } from '../../infer/text.js';
-import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { checkInt, once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoint: string;
@@ -18,7 +18,7 @@ interface Args extends GlobalArgs {
 
 export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
   command: 'stream-eval',
-  describe: 'token-by-token streaming perplexity under a cache policy, one row per --cache',
+  describe: `token-by-token streaming perplexity under a cache policy, one row per --cache. ms_per_token leaves out the warm-up: the first ${WARMUP_TOKENS} tokens, whose steps pay one-time set-up costs (kernels, WebAssembly compilation, buffers). dense keeps every token, so its rows ignore the cache size`,
   builder: (y) =>
     withJson(
       y
@@ -33,10 +33,9 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
     runCommand(args, async () => {
       const specs = args.cache.map((c) => parseCache(String(c)));
       const max = args['max-tokens'];
-      if (max !== undefined && (!Number.isInteger(max) || max < 2)) {
-        throw new UserError('must be an integer >= 2', { field: '--max-tokens' });
-      }
       const ck = await loadCheckpoint(args.checkpoint);
+      // Every cache is checked against this model before the first row is printed.
+      for (const spec of specs) checkCache(spec, args.policy, ck.model.config.max_position_embeddings);
       const stream = textStream(ck, readText(args.text), max, args.text);
       const results = [];
       const perToken: string[] = [];
@@ -47,12 +46,21 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
         if (!args.json) {
           const r = run.row;
           process.stdout.write(
-            `${r.policy.padEnd(9)} ${r.cache.padStart(9)}  ppl ${r.ppl.toFixed(3).padStart(9)}  tokens ${r.tokens}  ${r.ms_per_token.toFixed(2)} ms/token  kv ${r.kv_tokens_max}  rss ${r.rss_mb_max.toFixed(0)} MB  [${r.backend}, ${r.decode} step]\n`,
+            `${r.policy.padEnd(9)} ${(r.policy === 'dense' ? 'no limit' : r.cache).padStart(9)}  ppl ${r.ppl.toFixed(3).padStart(9)}  tokens ${r.tokens}  ${r.ms_per_token.toFixed(2)} ms/token  kv ${r.kv_tokens_max}  rss ${r.rss_mb_max.toFixed(0)} MB  [${r.backend}, ${r.decode} step]\n`,
           );
         }
       }
       ck.model.dispose();
       if (args['per-token']) writeFileAtomic(args['per-token'], perToken.join('\n') + '\n');
       if (args.json) printJson({ results });
-    }, ONE_THREAD),
+    }, {
+      ...ONE_THREAD,
+      check: () => {
+        once(args, ['checkpoint', 'text', 'policy', 'max-tokens', 'per-token']);
+        for (const c of args.cache) parseCache(String(c));
+        checkInt(args['max-tokens'], '--max-tokens', 2);
+        checkInputDir(args.checkpoint, '--checkpoint');
+        if (args['per-token'] !== undefined) checkOutputPath(args['per-token'], 'file', '--per-token');
+      },
+    }),
 };

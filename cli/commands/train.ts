@@ -2,8 +2,9 @@ import type { CommandModule } from 'yargs';
 import { initBackend } from '../../core/backend.js';
 import { loadRunConfig } from '../../core/config.js';
 import { UserError } from '../../core/errors.js';
-import { train } from '../../train/trainer.js';
-import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
+import { checkOutputPath } from '../../core/outpath.js';
+import { defaultOutDir, train } from '../../train/trainer.js';
+import { printJson, runCommand, snakeKeys, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   config: string;
@@ -35,12 +36,22 @@ export const trainCommand: CommandModule<GlobalArgs, Args> = {
         throw new UserError(`batch_size ${loaded.train.batch_size} does not split evenly over ${replicas} replicas`, { field: '--replicas' });
       }
       const cfg = { ...loaded, train: { ...loaded.train, replicas } };
-      // Data-parallel replicas each run one TensorFlow thread; so does this process, their rank 0.
-      await initBackend({ prefer: args.backend, quiet: !!args.json, intraOpThreads: cfg.train.replicas > 1 ? 1 : undefined });
       const stopAt = args['max-steps'];
       if (stopAt !== undefined && (!Number.isInteger(stopAt) || stopAt < 1)) throw new UserError('must be a positive integer', { field: '--max-steps' });
+      checkOutputPath(args.out ?? defaultOutDir(cfg), 'folder', args.out !== undefined ? '--out' : 'train.out');
+      // Data-parallel replicas each run one TensorFlow thread; so does this process, their rank 0.
+      await initBackend({ prefer: args.backend, quiet: !!args.json, intraOpThreads: cfg.train.replicas > 1 ? 1 : undefined });
       const r = await train(cfg, { out: args.out, stopAt, resume: args.resume, progress: args.json ? false : undefined });
-      if (args.json) return printJson(r);
+      // 128 + SIGINT, as shells report: a script tells an interrupted run from a finished one.
+      if (r.stopped === 'signal') process.exitCode = 130;
+      if (r.stopped === 'already-finished') {
+        if (!args.json) process.stdout.write(`already finished: step ${r.step}, loss ${r.loss?.toFixed(4) ?? '-'}, val loss ${r.valLoss?.toFixed(4) ?? '-'} -> ${r.out}\n`);
+        else printJson(snakeKeys(r));
+        return;
+      }
+      if (args.json) {
+        return printJson(snakeKeys(r));
+      }
       process.stdout.write(
         `${r.stopped === 'signal' ? 'interrupted' : 'done'}: step ${r.step}, loss ${r.loss?.toFixed(4) ?? '-'}, val loss ${r.valLoss?.toFixed(4) ?? '-'}, ${Math.round(r.tokensPerSecond)} tokens/s [${r.backend}] -> ${r.out}\n`,
       );
