@@ -14,12 +14,27 @@ export function writeFileAtomic(file: string, data: string | Uint8Array): void {
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
   const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    try {
+      writeAll(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
   }
-  fs.renameSync(tmp, file);
+  fsyncDir(dir);
+}
+
+/** Writes every byte: fs.writeSync may write fewer than asked (a full disk, a signal, a pipe). */
+export function writeAll(fd: number, data: Uint8Array): void {
+  for (let at = 0; at < data.length; ) {
+    const n = fs.writeSync(fd, data, at, data.length - at);
+    if (n <= 0) throw new Error(`write returned ${n} with ${data.length - at} bytes left`);
+    at += n;
+  }
 }
 
 /** fsync a directory so that a rename inside it survives a crash. */

@@ -1,13 +1,13 @@
 /**
- * Publishing a prepared folder all at once: everything is written into a hidden sibling
- * temp folder (manifest last) and renamed into place, so a half-written output never sits
- * where a complete one is expected. A folder is only ever replaced when it holds nothing
- * but a previous preparation: nothing a user put there is lost.
+ * Publishing a prepared folder all at once, by core/atomicdir's one mechanism: everything is
+ * written into a hidden sibling temp folder (manifest last), fsynced and renamed into place,
+ * so a half-written output never sits where a complete one is expected. A folder is only
+ * ever replaced when it holds nothing but a previous preparation: nothing a user put there
+ * is lost.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { UserError } from '../core/errors.js';
-import { fsyncDir } from '../core/fsutil.js';
+import { abandonDir, beginDir, commitDir } from '../core/atomicdir.js';
 import { MANIFEST_FILE, TEST_STREAM_FILE, TOKENIZER_FILE } from './manifest.js';
 
 const OWN_FILE = /^(manifest\.json|tokenizer\.json|test_stream\.txt|(train|validation|test)-\d{5}\.arrow)$/;
@@ -31,11 +31,9 @@ export function beginOutput(dir: string): string {
       { file: dir },
     );
   }
-  const parent = path.dirname(dir);
   try {
-    fs.mkdirSync(parent, { recursive: true });
     if (fs.existsSync(dir)) fs.accessSync(dir, fs.constants.W_OK);
-    return fs.mkdtempSync(path.join(parent, `.${path.basename(dir)}.partial-`));
+    return beginDir(dir);
   } catch (e) {
     throw new UserError(`output folder is not writable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file: dir });
   }
@@ -43,17 +41,9 @@ export function beginOutput(dir: string): string {
 
 /** Moves the finished temp folder to `dir`, replacing a previous preparation there. */
 export function commitOutput(tmp: string, dir: string): void {
-  fsyncDir(tmp);
-  let old: string | null = null;
-  if (fs.existsSync(dir)) {
-    old = `${tmp}.old`;
-    fs.renameSync(dir, old);
-  }
-  fs.renameSync(tmp, dir);
-  fsyncDir(path.dirname(dir));
-  if (old) fs.rmSync(old, { recursive: true, force: true });
+  commitDir(tmp, dir);
 }
 
 export function abandonOutput(tmp: string): void {
-  fs.rmSync(tmp, { recursive: true, force: true });
+  abandonDir(tmp);
 }

@@ -243,7 +243,7 @@ describe('prepare', () => {
       expect([docs, toks]).toEqual([m.splits[s].documents, m.splits[s].tokens]);
     }
     expect(seen.size).toBe(24);
-    expect(fs.readdirSync(path.dirname(out)).filter((f) => f.includes('.partial-'))).toEqual([]);
+    expect(fs.readdirSync(path.dirname(out)).filter((f) => f.startsWith('.'))).toEqual([]);
   });
 
   it('reads a split back as one stream with <|endoftext|> between documents', async () => {

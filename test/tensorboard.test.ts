@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { crc32c } from '@aws-crypto/crc32c';
 import { afterAll, describe, expect, it } from 'vitest';
-import { TensorBoardWriter, maskedCrc32c, tfRecord } from '../train/tensorboard.js';
+import { dropEventsAfter, maskedCrc32c, readRecords, TensorBoardWriter, tfRecord } from '../train/tensorboard.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sinklm-tb-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -50,6 +50,53 @@ describe('TFRecord framing', () => {
   });
 });
 
+/** Every summary point in a log dir as [file index, step], files in TensorBoard's (name) order. */
+function points(dir: string): [number, number][] {
+  const files = fs.readdirSync(dir).filter((f) => f.includes('tfevents')).sort();
+  return files.flatMap((f, i) => readRecords(path.join(dir, f)).filter((r) => r.summary).map((r): [number, number] => [i, r.step]));
+}
+
+/** A run cut short after logging steps 0-7 with its checkpoint at 4, resumed from 4. */
+function resumedRun(dir: string, drop: boolean): void {
+  const first = new TensorBoardWriter(dir);
+  for (let s = 0; s < 8; s++) first.scalar('train/loss', 5 - s, s, 1_700_000_000 + s);
+  first.close();
+  if (drop) dropEventsAfter(dir, 4);
+  const second = new TensorBoardWriter(dir);
+  second.sessionStart(5);
+  for (let s = 5; s < 10; s++) second.scalar('train/loss', 5 - s / 2, s, 1_700_000_100 + s);
+  second.close();
+}
+
+describe('resumed runs', () => {
+  it('the redone steps appear once: the first file loses its points past the checkpoint', () => {
+    const dir = path.join(tmp, 'overlap');
+    resumedRun(dir, true);
+    expect(fs.readdirSync(dir).filter((f) => f.includes('tfevents'))).toHaveLength(2);
+    const got = points(dir);
+    expect(got.map(([, s]) => s)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    // Steps 5-7 come from the resumed session's file, not the first.
+    expect(got.filter(([f]) => f === 0).map(([, s]) => s)).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('without dropping, the files overlap (what the check above guards against)', () => {
+    const dir = path.join(tmp, 'overlap-kept');
+    resumedRun(dir, false);
+    expect(points(dir).map(([, s]) => s)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8, 9]);
+  });
+
+  it('drops a torn record at the end of a file (a kill during an append)', () => {
+    const dir = path.join(tmp, 'torn');
+    const w = new TensorBoardWriter(dir);
+    w.scalar('train/loss', 1, 1);
+    w.scalar('train/loss', 2, 2);
+    w.close();
+    fs.truncateSync(w.path, fs.statSync(w.path).size - 3);
+    dropEventsAfter(dir, 10);
+    expect(points(dir).map(([, s]) => s)).toEqual([1]);
+  });
+});
+
 const probe = spawnSync('python3', ['-c', 'import tensorboard'], { encoding: 'utf8' });
 const noTensorBoard =
   probe.status === 0 ? '' : `python3 cannot import tensorboard (${(probe.stderr || String(probe.error)).trim().split('\n').pop()})`;
@@ -90,18 +137,14 @@ describe.skipIf(noTensorBoard !== '')('read back by TensorBoard', () => {
     expect(got['eval/zero']).toEqual([[7, 0, 1_700_000_001]]);
   });
 
-  it('merges a resumed run written to a second file in the same dir', () => {
-    const dir = path.join(tmp, 'resumed');
-    const first = new TensorBoardWriter(dir);
-    for (let s = 0; s < 5; s++) first.scalar('train/loss', 5 - s, s, 1_700_000_000 + s);
-    first.close();
-    const second = new TensorBoardWriter(dir);
-    expect(second.path).not.toBe(first.path);
-    for (let s = 5; s < 10; s++) second.scalar('train/loss', 5 - s / 2, s, 1_700_000_000 + s);
-    second.close();
-
-    expect(fs.readdirSync(dir).filter((f) => f.includes('tfevents'))).toHaveLength(2);
-    const got = readWithTensorBoard(dir);
-    expect(got['train/loss']!.map((e) => e[0])).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  it('shows a resumed run once per step, from the dropped files or from the restart marker alone', () => {
+    for (const drop of [true, false]) {
+      const dir = path.join(tmp, `resumed-${drop}`);
+      resumedRun(dir, drop);
+      const got = readWithTensorBoard(dir);
+      // The marker alone (drop = false) is TensorBoard's own purge of steps >= 5 seen before it.
+      expect(got['train/loss']!.map((e) => e[0])).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(got['train/loss']![6]![1]).toBeCloseTo(5 - 6 / 2, 6);
+    }
   });
 });

@@ -5,12 +5,20 @@
  * An event file is a TFRecord stream of `Event` protos: the first says which format version
  * follows, the rest carry `Summary` values. Each run (and each resume of a run) writes a
  * fresh file; TensorBoard merges every event file it finds in the directory.
+ *
+ * A resumed run redoes the steps after its checkpoint, which the killed session may have
+ * logged already. Two things keep TensorBoard from showing those points twice: the older
+ * files are rewritten without them (dropEventsAfter: every reader, TensorBoard's loaders of
+ * any version included, then sees one point per step), and the new file opens with
+ * TensorBoard's own restart marker, a SessionLog START at the first redone step, which
+ * makes a TensorBoard that already loaded the old points purge those at later steps.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import protobuf from 'protobufjs';
 import { crc32c } from '@aws-crypto/crc32c';
+import { writeFileAtomic } from '../core/fsutil.js';
 
 // The subset of tensorflow/core/util/event.proto and summary.proto that scalars need; field
 // numbers are TensorFlow's, so any TensorBoard reader decodes these records.
@@ -23,7 +31,19 @@ message Event {
   oneof what {
     string file_version = 3;
     Summary summary = 5;
+    SessionLog session_log = 6;
   }
+}
+message SessionLog {
+  enum SessionStatus {
+    STATUS_UNSPECIFIED = 0;
+    START = 1;
+    STOP = 2;
+    CHECKPOINT = 3;
+  }
+  SessionStatus status = 1;
+  string checkpoint_path = 2;
+  string msg = 3;
 }
 message Summary {
   message Value {
@@ -42,6 +62,7 @@ interface EventFields {
   step: number;
   file_version?: string;
   summary?: { value: { tag: string; simple_value: number }[] };
+  session_log?: { status: 'START' };
 }
 
 /** How often buffered records reach the disk even if nobody calls flush(). */
@@ -65,6 +86,39 @@ export function tfRecord(data: Uint8Array): Buffer {
 
 function encodeEvent(fields: EventFields): Uint8Array {
   return Event.encode(Event.fromObject(fields)).finish();
+}
+
+/** The whole records of an event file, in order, with each one's step (a torn last record is left out). */
+export function readRecords(file: string): { record: Buffer; step: number; summary: boolean }[] {
+  const buf = fs.readFileSync(file);
+  const out: { record: Buffer; step: number; summary: boolean }[] = [];
+  for (let off = 0; off + 12 <= buf.length; ) {
+    const len = Number(buf.readBigUInt64LE(off));
+    const end = off + 16 + len;
+    if (end > buf.length || buf.readUInt32LE(off + 8) !== maskedCrc32c(buf.subarray(off, off + 8))) break;
+    const data = buf.subarray(off + 12, off + 12 + len);
+    if (buf.readUInt32LE(off + 12 + len) !== maskedCrc32c(data)) break;
+    const e = Event.toObject(Event.decode(data), { longs: Number }) as EventFields;
+    out.push({ record: buf.subarray(off, end), step: e.step ?? 0, summary: e.summary !== undefined });
+    off = end;
+  }
+  return out;
+}
+
+/**
+ * Rewrites the event files in `logDir` without the summaries of steps after `step` (each
+ * file atomically): what a resumed run is about to log again.
+ */
+export function dropEventsAfter(logDir: string, step: number): void {
+  if (!fs.existsSync(logDir)) return;
+  for (const name of fs.readdirSync(logDir)) {
+    if (!name.startsWith('events.out.tfevents.')) continue;
+    const file = path.join(logDir, name);
+    const records = readRecords(file);
+    const kept = records.filter((r) => !r.summary || r.step <= step);
+    const whole = records.reduce((a, r) => a + r.record.length, 0) === fs.statSync(file).size;
+    if (kept.length < records.length || !whole) writeFileAtomic(file, Buffer.concat(kept.map((r) => r.record)));
+  }
 }
 
 export class TensorBoardWriter {
@@ -105,6 +159,14 @@ export class TensorBoardWriter {
     if (!Number.isSafeInteger(step) || step < 0) throw new Error(`step must be a non-negative integer (got ${step})`);
     const data = encodeEvent({ wall_time: wallTime, step, summary: { value: [{ tag, simple_value: value }] } });
     this.pending.push(tfRecord(data));
+  }
+
+  /**
+   * TensorBoard's restart marker: a reader that already holds points at `step` or later
+   * drops them (they belong to a session that was cut short and is being redone).
+   */
+  sessionStart(step: number): void {
+    this.pending.push(tfRecord(encodeEvent({ wall_time: Date.now() / 1000, step, session_log: { status: 'START' } })));
   }
 
   /** Writes every queued record in one append, so the file only ever grows by whole records. */
