@@ -30,7 +30,10 @@ export interface CacheSpec {
 /** Parses "S+W" (or "W" = "0+W"); bad strings are bad input naming the option. */
 export function parseCache(text: string, field = '--cache'): CacheSpec {
   const m = /^\s*(?:(\d+)\s*\+\s*)?(\d+)\s*$/.exec(text);
-  if (!m) throw new UserError(`"${text}" is not a cache size; write S+W, e.g. 4+252 (S sink tokens + W recent tokens)`, { field });
+  if (!m) {
+    const why = /-\s*\d/.test(text) ? 'S and W cannot be negative' : 'not of the form S+W';
+    throw new UserError(`"${text}": ${why}; write S+W with whole numbers, e.g. 4+252 (S sink tokens + W recent tokens)`, { field });
+  }
   const sinks = m[1] === undefined ? 0 : Number(m[1]);
   const window = Number(m[2]);
   if (sinks + window < 1) throw new UserError(`"${text}": S+W must be at least 1`, { field });

@@ -21,7 +21,7 @@ export const ablateCommand: CommandModule<GlobalArgs, Args> = {
   builder: (y) =>
     withJson(
       y
-        .option('config', { type: 'string', demandOption: true, describe: 'ablation config (e.g. configs/ablate/base.json)' })
+        .option('config', { type: 'string', demandOption: true, describe: 'ablation config: configs/ablate-quick/base.json (quick, ~6 min per variant), configs/ablate/base.json (the long one, ~90 min per variant)' })
         .option('out', { type: 'string', describe: 'folder for the variants and report/ (default: ablate.out)' })
         .option('ship', { type: 'string', describe: 'also copy checkpoints, report and test text here for `sinklm validate` (e.g. checkpoints)' })
         .option('skip-training', { type: 'boolean', default: false, describe: 'evaluate the variants as they are' }),

@@ -7,6 +7,7 @@ import { benchModelConfig, benchTrain, type TrainBenchResult } from '../../bench
 import { initBackend } from '../../core/backend.js';
 import { loadRunConfig } from '../../core/config.js';
 import { UserError } from '../../core/errors.js';
+import { checkInputDir } from '../../core/outpath.js';
 import { checkCache, POLICIES, type PolicyName } from '../../infer/policy.js';
 import { loadModel } from '../../model/checkpoint.js';
 import { GPTNeoX } from '../../model/neox.js';
@@ -183,6 +184,7 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
       let model: GPTNeoX;
       let source: string;
       if (args.checkpoint) {
+        checkInputDir(args.checkpoint, '--checkpoint');
         model = loadModel(args.checkpoint);
         source = args.checkpoint;
       } else {
