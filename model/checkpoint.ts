@@ -57,14 +57,25 @@ export function checkpointTokenizerPath(dir: string): string {
   return p;
 }
 
+/** The name of the first tensor holding a NaN or an infinity, or null when all are finite. */
+export function nonFiniteTensor(tensors: TensorMap): string | null {
+  for (const [name, t] of tensors) {
+    for (const v of t.data) if (!Number.isFinite(v)) return name;
+  }
+  return null;
+}
+
 /**
  * Writes config.json, model.safetensors and (when given) a copy of tokenizer.json into dir.
  * Each file is written atomically; callers that need the whole directory to appear at
- * once write into a temporary directory and rename it (train/ does).
+ * once write into core/atomicdir's temporary folder (train/ does).
  */
 export async function saveModel(dir: string, model: GPTNeoX, opts: { tokenizerPath?: string; weights?: TensorMap } = {}): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   const weights = opts.weights ?? (await model.weights());
+  // A diverged model is never saved: no later reader could tell its weights are garbage.
+  const bad = nonFiniteTensor(weights);
+  if (bad) throw new Error(`refusing to save ${dir}: tensor ${bad} is not finite`);
   writeSafetensors(path.join(dir, WEIGHTS_FILE), weights, { producer: 'sinklm' });
   writeFileAtomic(path.join(dir, CONFIG_FILE), JSON.stringify(toHFConfig(model.config), null, 2) + '\n');
   if (opts.tokenizerPath && path.resolve(opts.tokenizerPath) !== path.resolve(dir, TOKENIZER_FILE)) {

@@ -6,6 +6,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { parseRunConfig, type RunConfig } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { loadModel } from '../model/checkpoint.js';
+import { readSafetensors } from '../model/safetensors.js';
+import { listCheckpoints } from '../train/rundir.js';
+import { readRecords } from '../train/tensorboard.js';
 import { learningRate } from '../train/schedule.js';
 import { train } from '../train/trainer.js';
 import { numTensors, testBackend } from './helpers.js';
@@ -38,6 +41,26 @@ function losses(out: string): Map<number, number> {
 }
 
 const quiet = { progress: false, log: () => {}, handleSignals: false };
+
+/** Step folders under OUT/sub, as steps (temporary folders are not steps). */
+function stepDirs(out: string, sub: string): number[] {
+  const root = path.join(out, sub);
+  return (fs.existsSync(root) ? fs.readdirSync(root) : []).filter((n) => /^step-\d+$/.test(n)).map((n) => Number(n.slice(5))).sort((a, b) => a - b);
+}
+
+/** Every .safetensors file below dir. */
+function safetensorsBelow(dir: string): string[] {
+  return fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.safetensors')).map((f) => path.join(dir, f));
+}
+
+/** Every TensorBoard summary point of a run as `step tag`, sorted (a duplicate shows twice). */
+function tbPoints(out: string): string[] {
+  const pts: string[] = [];
+  for (const f of fs.readdirSync(out).filter((n) => n.startsWith('events.out.tfevents.'))) {
+    for (const r of readRecords(path.join(out, f))) for (const tag of r.tags) pts.push(`${String(r.step).padStart(4, '0')} ${tag}`);
+  }
+  return pts.sort();
+}
 
 beforeAll(async () => {
   await testBackend();
@@ -76,6 +99,39 @@ describe('training', () => {
     const la = losses(a);
     const lb = losses(b);
     for (let s = 1; s <= 20; s++) expect(lb.get(s)).toBe(la.get(s));
+  });
+
+  it('a run stopped between log lines and resumed logs the same train losses and one TensorBoard point per step', async () => {
+    const c = () => config({ train: { log_every: 4, ckpt_every: 5 } });
+    const a = path.join(tmp, 'log-straight');
+    const b = path.join(tmp, 'log-split');
+    await train(c(), { ...quiet, out: a });
+    // Stop at 7 (a save between log lines), go on to 13 and lose checkpoint 13 as a kill
+    // after step 13's logs would: the resume redoes 11-13, which are already logged.
+    await train(c(), { ...quiet, out: b, stopAt: 7 });
+    await train(c(), { ...quiet, out: b, stopAt: 13, resume: true });
+    fs.rmSync(path.join(b, 'checkpoints', 'step-000013'), { recursive: true });
+    expect(listCheckpoints(b).at(-1)!.step).toBe(10);
+    await train(c(), { ...quiet, out: b, resume: true });
+    expect([...losses(b).entries()]).toEqual([...losses(a).entries()]);
+    expect([...losses(a).keys()]).toEqual([4, 8, 12, 16, 20]);
+    // The only extra points are the validation the first session ran where it stopped (7).
+    expect(tbPoints(b).filter((p) => !p.startsWith('0007 val/'))).toEqual(tbPoints(a));
+    expect(new Set(tbPoints(b)).size).toBe(tbPoints(b).length);
+    // The top level is the newest checkpoint, through links that one rename switches.
+    expect(fs.readlinkSync(path.join(b, 'latest'))).toBe(path.join('checkpoints', 'step-000020'));
+    expect(JSON.parse(fs.readFileSync(path.join(b, 'trainer_state.json'), 'utf8')).step).toBe(20);
+  });
+
+  it('resuming a finished run says so and changes nothing', async () => {
+    const out = path.join(tmp, 'straight');
+    const before = fs.readdirSync(out).sort();
+    const lines: string[] = [];
+    const r = await train(config(), { ...quiet, out, resume: true, log: (l) => lines.push(l) });
+    expect(r.stopped).toBe('already-finished');
+    expect(r.step).toBe(20);
+    expect(lines.filter((l) => !l.startsWith('reusing'))).toEqual([expect.stringMatching(/already at step 20, finished/)]);
+    expect(fs.readdirSync(out).sort()).toEqual(before);
   });
 
   it('two data-parallel replicas give the one-process losses (to float rounding) and resume bit-identically', async () => {
@@ -127,14 +183,30 @@ describe('training', () => {
     await expect(train(config(), { ...quiet, out })).rejects.toThrow(UserError);
   });
 
-  it('a NaN loss stops the run with a clear error and writes no NaN checkpoint', async () => {
+  it('a NaN loss stops the run with a clear error and writes no checkpoint at all', async () => {
     const out = path.join(tmp, 'nan');
     const err = await train(config({ train: { lr: 1e30, warmup_frac: 0, max_steps: 20, ckpt_every: 3, grad_clip: 0 } }), { ...quiet, out }).catch((e) => e);
     expect(err).toBeInstanceOf(UserError);
-    expect(String(err.message)).toMatch(/loss became/);
-    for (const d of fs.existsSync(path.join(out, 'checkpoints')) ? fs.readdirSync(path.join(out, 'checkpoints')) : []) {
-      const st = JSON.parse(fs.readFileSync(path.join(out, 'checkpoints', d, 'trainer_state.json'), 'utf8'));
-      expect(Number.isFinite(st.last_loss)).toBe(true);
+    expect(String(err.message)).toMatch(/became/);
+    expect(stepDirs(out, 'checkpoints')).toEqual([]);
+  });
+
+  it('an infinite gradient at step 7 stops the run before any later checkpoint or snapshot; all saved weights are finite', async () => {
+    const out = path.join(tmp, 'inf-grad');
+    process.env.SINKLM_TEST_INF_GRAD_AT = '7';
+    const err = await train(config({ train: { max_steps: 20, log_every: 5, ckpt_every: 3, snapshot_every: 2, keep_last: 10 } }), { ...quiet, out })
+      .catch((e) => e)
+      .finally(() => delete process.env.SINKLM_TEST_INF_GRAD_AT);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).line()).toMatch(/gradient norm became (NaN|Infinity) at step 7/);
+    // Saved before the blow-up: checkpoints 3 and 6, snapshots 2, 4 and 6; nothing after.
+    expect(stepDirs(out, 'checkpoints')).toEqual([3, 6]);
+    expect(stepDirs(out, 'snapshots')).toEqual([2, 4, 6]);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'trainer_state.json'), 'utf8')).step).toBe(6);
+    const files = safetensorsBelow(out);
+    expect(files.length).toBeGreaterThanOrEqual(2 * 2 + 3 + 1);
+    for (const f of files) {
+      for (const [name, t] of readSafetensors(f).tensors) expect(t.data.every(Number.isFinite), `${f} ${name}`).toBe(true);
     }
   });
 

@@ -21,6 +21,13 @@ export interface AdamWOptions {
   gradClip: number;
 }
 
+/** What the optimizer updates: the model's variables, and its notice that they changed. */
+export interface Trainable {
+  readonly params: Map<string, tf.Variable>;
+  readonly specs: ParamSpec[];
+  weightsChanged(): void;
+}
+
 export class AdamW {
   /** Steps taken (the t of the bias correction). */
   t = 0;
@@ -30,15 +37,20 @@ export class AdamW {
   /** 1 where weight decay applies, 0 elsewhere. */
   private readonly decayMask: tf.Tensor1D;
 
+  private readonly params: Map<string, tf.Variable>;
+  private readonly specs: ParamSpec[];
+
   constructor(
-    private readonly params: Map<string, tf.Variable>,
-    private readonly specs: ParamSpec[],
+    private readonly model: Trainable,
     private readonly o: AdamWOptions,
   ) {
+    this.params = model.params;
+    this.specs = model.specs;
+    const specs = this.specs;
     this.sizes = specs.map((s) => s.shape.reduce((a, b) => a * b, 1));
     const total = this.sizes.reduce((a, b) => a + b, 0);
-    this.m = tf.variable(tf.zeros([total]), false);
-    this.v = tf.variable(tf.zeros([total]), false);
+    this.m = tf.tidy(() => tf.variable(tf.zeros([total]), false));
+    this.v = tf.tidy(() => tf.variable(tf.zeros([total]), false));
     const mask = new Float32Array(total);
     let at = 0;
     specs.forEach((s, i) => {
@@ -75,6 +87,8 @@ export class AdamW {
       if (weightDecay > 0) next = tf.sub(next, tf.mul(tf.mul(p, this.decayMask), lr * weightDecay));
       const parts = tf.split(next, this.sizes);
       this.specs.forEach((s, i) => this.params.get(s.name)!.assign(tf.reshape(parts[i]!, s.shape)));
+      // The variables were written directly: copies of the old weights are now stale.
+      this.model.weightsChanged();
       return tf.keep(norm);
     });
   }

@@ -21,6 +21,7 @@ import type { NeoXConfig } from '../model/config.js';
 import { GPTNeoX } from '../model/neox.js';
 import { paramSpecs, type ParamSpec } from '../model/params.js';
 import type { TensorMap } from '../model/safetensors.js';
+import { TokenWeightedSum, type Part } from './accumulate.js';
 
 interface Rows {
   input: Int32Array;
@@ -60,7 +61,7 @@ export function unflatten(flat: Float32Array, specs: ParamSpec[]): TensorMap {
 }
 
 /** Loss (mean over masked tokens), counted tokens and gradients of one share of a batch. */
-export function shareGradients(model: GPTNeoX, rows: Rows): { loss: tf.Scalar; count: number; grads: Map<string, tf.Tensor> } {
+export function shareGradients(model: GPTNeoX, rows: Rows): Part {
   const input = tf.tensor2d(rows.input, [rows.B, rows.T], 'int32');
   const target = tf.tensor1d(rows.target, 'int32');
   const mask = tf.tensor1d(rows.mask, 'float32');
@@ -148,9 +149,10 @@ export class ReplicaPool {
   /**
    * One training step's gradients over the whole batch: helper r computes rows
    * [r * share, (r + 1) * share), this process rows [0, share) meanwhile. Returns the
-   * combined loss and gradients (weighted by counted tokens); the caller disposes them.
+   * combined loss and gradients (train/accumulate: weighted by counted tokens); the caller
+   * disposes them.
    */
-  async gradients(model: GPTNeoX, batch: { input: Int32Array; target: Int32Array; mask: Float32Array }, B: number, T: number): Promise<{ loss: tf.Scalar; grads: Map<string, tf.Tensor> }> {
+  async gradients(model: GPTNeoX, batch: { input: Int32Array; target: Int32Array; mask: Float32Array }, B: number, T: number): Promise<Part> {
     const R = this.children.length + 1;
     const share = B / R;
     const replies = this.children.map((_, i) => {
@@ -169,20 +171,14 @@ export class ReplicaPool {
       if (m.kind !== 'grads') throw new Error(`training replica: unexpected reply ${m.kind}`);
       others.push(m);
     }
-    const total = own.count + others.reduce((a, o) => a + o.count, 0);
-    const parts = others.map((o) => unflatten(o.grads, this.specs));
-    const weight = (count: number) => count / Math.max(total, 1);
-    const grads = new Map<string, tf.Tensor>();
-    for (const s of this.specs) {
-      grads.set(
-        s.name,
-        tf.tidy(() => parts.reduce((g, p, i) => tf.add(g, tf.mul(tf.tensor(p.get(s.name)!.data, s.shape), weight(others[i]!.count))), tf.mul(own.grads.get(s.name)!, weight(own.count)))),
-      );
+    const sum = new TokenWeightedSum();
+    sum.add(own);
+    for (const o of others) {
+      const g = unflatten(o.grads, this.specs);
+      const grads = new Map<string, tf.Tensor>(this.specs.map((s) => [s.name, tf.tensor(g.get(s.name)!.data, s.shape)]));
+      sum.add({ loss: tf.scalar(o.loss), count: o.count, grads });
     }
-    const rest = others.reduce((a, o) => a + o.loss * weight(o.count), 0);
-    const loss = tf.tidy(() => tf.add(tf.mul(own.loss, weight(own.count)), rest) as tf.Scalar);
-    tf.dispose([own.loss, ...own.grads.values()]);
-    return { loss, grads };
+    return sum.result();
   }
 
   /** Hands every helper the weights after an optimizer step. */

@@ -2,19 +2,23 @@
  * A training run's output folder, which is itself a checkpoint (HF files at the top, so
  * `--checkpoint OUT` works), plus the training state and logs:
  *
- *   OUT/config.json, model.safetensors, tokenizer.json   newest weights (HF layout)
- *   OUT/trainer_state.json                               step, sampler, optimizer t, hashes
+ *   OUT/config.json, model.safetensors, tokenizer.json   newest weights (HF layout), links into latest/
+ *   OUT/trainer_state.json                               step, sampler, optimizer t, hashes (link too)
+ *   OUT/latest -> checkpoints/step-000500                the newest complete checkpoint
  *   OUT/run.json                                         the config and data manifest it was started with
  *   OUT/metrics.jsonl, OUT/events.out.tfevents.*         logs (JSON lines, TensorBoard)
  *   OUT/checkpoints/step-000500/                         last K complete checkpoints (+ optimizer.safetensors)
  *   OUT/snapshots/step-000100/                           optional weight snapshots (sink emergence)
  *
- * Checkpoints are written into a temporary folder and renamed into place, so a kill at any
- * moment leaves the previous checkpoint whole.
+ * Checkpoint and snapshot folders are written by core/atomicdir (temporary sibling, fsync,
+ * rename), so a kill at any moment leaves the previous ones whole. The top-level files
+ * are fixed symbolic links through the one link `latest`: publishing a checkpoint is one
+ * rename of that link, so the top level never mixes new weights with an old state file.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../core/errors.js';
+import { isStaleName, writeDirAtomic } from '../core/atomicdir.js';
 import { fsyncDir, readJsonFile, writeFileAtomic } from '../core/fsutil.js';
 import { CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE } from '../model/checkpoint.js';
 
@@ -31,8 +35,19 @@ export interface TrainerState {
   manifest_hash: string;
   backend: string;
   wall_seconds: number;
+  /** Loss of the step saved. */
   last_loss: number | null;
   val_loss: number | null;
+  /** Steps since the last log line (absent in checkpoints of older sinklm). */
+  log_interval?: LoggedStep[];
+}
+
+/** One training step as the log sees it (a log line is the mean over an interval of these). */
+export interface LoggedStep {
+  step: number;
+  lr: number;
+  loss: number;
+  grad_norm: number;
 }
 
 export function stepDirName(step: number): string {
@@ -65,40 +80,55 @@ export function readState(dir: string): TrainerState {
   return readJsonFile(path.join(dir, STATE_FILE)) as TrainerState;
 }
 
-/**
- * Writes a checkpoint folder atomically: `fill` writes the files into a temporary folder,
- * which is then fsynced and renamed to checkpoints/step-N.
- */
+/** Writes checkpoints/step-N atomically: `fill` writes the files into the temporary folder it is given. */
 export async function writeCheckpointDir(out: string, step: number, fill: (tmp: string) => Promise<void>): Promise<string> {
-  const root = path.join(out, 'checkpoints');
-  fs.mkdirSync(root, { recursive: true });
-  const final = path.join(root, stepDirName(step));
-  const tmp = path.join(root, `.${stepDirName(step)}.tmp-${process.pid}`);
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp);
-  await fill(tmp);
-  fsyncDir(tmp);
-  if (fs.existsSync(final)) fs.rmSync(final, { recursive: true, force: true });
-  fs.renameSync(tmp, final);
-  fsyncDir(root);
-  return final;
+  return writeDirAtomic(path.join(out, 'checkpoints', stepDirName(step)), fill);
 }
 
-/** Copies a checkpoint's HF files and state to the top of OUT (each file atomically). */
-export function publishTop(out: string, ckptDir: string): void {
-  for (const f of [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, STATE_FILE]) {
-    const src = path.join(ckptDir, f);
-    if (fs.existsSync(src)) writeFileAtomic(path.join(out, f), fs.readFileSync(src));
+/** Writes snapshots/step-N atomically, as a checkpoint is written. */
+export async function writeSnapshotDir(out: string, step: number, fill: (tmp: string) => Promise<void>): Promise<string> {
+  return writeDirAtomic(path.join(out, 'snapshots', stepDirName(step)), fill);
+}
+
+export const LATEST_LINK = 'latest';
+const TOP_FILES = [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, STATE_FILE];
+
+/** Points `link` at `target` in one rename (a symlink made beside it, then moved over it). */
+function swapLink(link: string, target: string): void {
+  try {
+    if (fs.readlinkSync(link) === target) return;
+  } catch {
+    // Missing, or a regular file left by older sinklm: replaced below.
   }
+  const tmp = path.join(path.dirname(link), `.${path.basename(link)}.tmp-${process.pid}`);
+  fs.rmSync(tmp, { force: true });
+  fs.symlinkSync(target, tmp);
+  fs.renameSync(tmp, link);
+}
+
+/**
+ * Makes `ckptDir` the run's newest weights at the top of OUT: one rename of the `latest`
+ * link. The top-level files are links through it, made once; runs written by older sinklm
+ * had copies there, which are replaced by links while `latest` already names the
+ * checkpoint those copies came from, so no moment mixes two checkpoints.
+ */
+export function publishTop(out: string, ckptDir: string): void {
+  swapLink(path.join(out, LATEST_LINK), path.relative(out, ckptDir));
+  for (const f of TOP_FILES) {
+    if (fs.existsSync(path.join(ckptDir, f))) swapLink(path.join(out, f), path.join(LATEST_LINK, f));
+  }
+  fsyncDir(out);
 }
 
 export function pruneCheckpoints(out: string, keep: number): void {
   const all = listCheckpoints(out);
   for (const c of all.slice(0, Math.max(0, all.length - keep))) fs.rmSync(c.dir, { recursive: true, force: true });
-  // Leftovers of a run killed mid-save.
-  const root = path.join(out, 'checkpoints');
-  for (const n of fs.existsSync(root) ? fs.readdirSync(root) : []) {
-    if (n.startsWith('.step-') && !n.endsWith(`-${process.pid}`)) fs.rmSync(path.join(root, n), { recursive: true, force: true });
+  // Leftovers of runs killed mid-save.
+  for (const sub of ['checkpoints', 'snapshots']) {
+    const root = path.join(out, sub);
+    for (const n of fs.existsSync(root) ? fs.readdirSync(root) : []) {
+      if (isStaleName(n)) fs.rmSync(path.join(root, n), { recursive: true, force: true });
+    }
   }
 }
 

@@ -88,10 +88,19 @@ function encodeEvent(fields: EventFields): Uint8Array {
   return Event.encode(Event.fromObject(fields)).finish();
 }
 
+export interface EventRecord {
+  /** The framed bytes, as they were in the file. */
+  record: Buffer;
+  step: number;
+  /** Whether it carries summary values (a point of a curve), and their tags. */
+  summary: boolean;
+  tags: string[];
+}
+
 /** The whole records of an event file, in order, with each one's step (a torn last record is left out). */
-export function readRecords(file: string): { record: Buffer; step: number; summary: boolean }[] {
+export function readRecords(file: string): EventRecord[] {
   const buf = fs.readFileSync(file);
-  const out: { record: Buffer; step: number; summary: boolean }[] = [];
+  const out: EventRecord[] = [];
   for (let off = 0; off + 12 <= buf.length; ) {
     const len = Number(buf.readBigUInt64LE(off));
     const end = off + 16 + len;
@@ -99,7 +108,7 @@ export function readRecords(file: string): { record: Buffer; step: number; summa
     const data = buf.subarray(off + 12, off + 12 + len);
     if (buf.readUInt32LE(off + 12 + len) !== maskedCrc32c(data)) break;
     const e = Event.toObject(Event.decode(data), { longs: Number }) as EventFields;
-    out.push({ record: buf.subarray(off, end), step: e.step ?? 0, summary: e.summary !== undefined });
+    out.push({ record: buf.subarray(off, end), step: e.step ?? 0, summary: e.summary !== undefined, tags: e.summary?.value.map((v) => v.tag) ?? [] });
     off = end;
   }
   return out;

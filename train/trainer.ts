@@ -15,10 +15,11 @@ import { checkOutputPath } from '../core/outpath.js';
 import { progressBar, formatDuration } from '../core/progress.js';
 import { prepareData, readSplitTokens, type PreparedData } from '../data/prepare.js';
 import { BatchSampler, evalBatches, type Batch } from '../data/sampler.js';
-import { CONFIG_FILE, readCheckpointConfig, readCheckpointWeights, saveModel, TOKENIZER_FILE } from '../model/checkpoint.js';
+import { CONFIG_FILE, nonFiniteTensor, readCheckpointConfig, readCheckpointWeights, saveModel, TOKENIZER_FILE } from '../model/checkpoint.js';
 import { GPTNeoX } from '../model/neox.js';
 import { initParams } from '../model/params.js';
-import { readSafetensors, writeSafetensors } from '../model/safetensors.js';
+import { readSafetensors, writeSafetensors, type TensorMap } from '../model/safetensors.js';
+import { TokenWeightedSum } from './accumulate.js';
 import { modelConfigFor } from './modelconfig.js';
 import { AdamW } from './optimizer.js';
 import { ReplicaPool, shareGradients } from './replicas.js';
@@ -33,13 +34,14 @@ import {
   readState,
   RUN_FILE,
   STATE_FILE,
-  stepDirName,
   truncateMetrics,
   writeCheckpointDir,
+  writeSnapshotDir,
+  type LoggedStep,
   type TrainerState,
 } from './rundir.js';
 import { learningRate } from './schedule.js';
-import { TensorBoardWriter } from './tensorboard.js';
+import { dropEventsAfter, TensorBoardWriter } from './tensorboard.js';
 
 export interface TrainOptions {
   /** Output folder; default cfg.train.out, else runs/<config name>. */
@@ -60,7 +62,9 @@ export interface TrainOptions {
 export interface TrainResult {
   out: string;
   step: number;
-  stopped: 'finished' | 'stop-at' | 'signal';
+  /** 'already-finished': a resume found the run at its last step and did nothing. */
+  stopped: 'finished' | 'stop-at' | 'signal' | 'already-finished';
+  /** Training loss of the last step taken (the step it stopped at). */
   loss: number | null;
   valLoss: number | null;
   tokensPerSecond: number;
@@ -147,6 +151,14 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     checkSameRun(recorded, identity, cfg.source);
     const last = listCheckpoints(out).at(-1)!;
     state = readState(last.dir);
+    const end = Math.min(t.max_steps, opts.stopAt ?? t.max_steps);
+    if (state.step >= end) {
+      const why = end === t.max_steps ? `finished (train.max_steps ${t.max_steps})` : `past --max-steps ${end}`;
+      log(`sinklm train: ${out} is already at step ${state.step}, ${why}; nothing to do`);
+      return { out, step: state.step, stopped: 'already-finished', loss: state.last_loss, valLoss: state.val_loss, tokensPerSecond: 0, backend: info.backend, seconds: 0 };
+    }
+    // Top-level files of runs saved by older sinklm become links to this checkpoint.
+    publishTop(out, last.dir);
     const saved = readCheckpointConfig(last.dir);
     model = new GPTNeoX(saved, readCheckpointWeights(last.dir, saved));
     sampler = BatchSampler.restore(samplerOpts, state.sampler as Parameters<typeof BatchSampler.restore>[1]);
@@ -158,7 +170,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     model = new GPTNeoX(mc, initParams(mc, t.seed, cfg.model.init));
     sampler = new BatchSampler(samplerOpts);
   }
-  const opt = new AdamW(model.params, model.specs, {
+  const opt = new AdamW(model, {
     beta1: t.beta1,
     beta2: t.beta2,
     eps: t.eps,
@@ -182,7 +194,10 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     model.dispose();
     throw e;
   }
+  // Steps past the checkpoint are redone: their old points must not show twice.
+  if (state) dropEventsAfter(out, state.step);
   const tb = new TensorBoardWriter(out);
+  if (state) tb.sessionStart(state.step + 1);
   const metrics = fs.openSync(path.join(out, METRICS_FILE), 'a');
   const B = t.batch_size;
   const T = t.seq_len;
@@ -192,6 +207,9 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   let tokensSeen = state?.tokens_seen ?? 0;
   let wall = state?.wall_seconds ?? 0;
   let lastLoss: number | null = state?.last_loss ?? null;
+  // Steps since the last log line, synced; a checkpoint keeps them, so a resumed run logs the
+  // same interval means as one that never stopped.
+  let interval: LoggedStep[] = state?.log_interval ?? [];
   let valLoss: number | null = state?.val_loss ?? null;
   const schedule = { lr: t.lr, totalSteps: t.max_steps, warmupFrac: t.warmup_frac, minLrRatio: t.min_lr_ratio };
   const bar = progressBar({ total: endStep, unit: 'step', label: 'train', enabled: opts.progress });
@@ -206,41 +224,60 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     process.on('SIGTERM', onSignal);
   }
 
-  // Losses stay on the device until a log line needs them: no host round-trip per step.
-  let pending: { step: number; loss: tf.Scalar; lr: number }[] = [];
-  let lastNorm: tf.Scalar | null = null;
+  // Losses and gradient norms stay on the device until a log line or a save needs them:
+  // no host round-trip per step.
+  let onDevice: { step: number; loss: tf.Scalar; norm: tf.Scalar; lr: number }[] = [];
   let intervalStart = performance.now();
   let intervalTokens = 0;
   let tokensPerSecond = 0;
 
-  const flushLogs = () => {
-    if (!pending.length) return;
-    const losses = tf.tidy(() => tf.stack(pending.map((p) => p.loss)).dataSync());
-    const norm = lastNorm ? lastNorm.dataSync()[0]! : NaN;
-    const bad = pending.findIndex((_, i) => !Number.isFinite(losses[i]!));
-    const entries = pending.map((p, i) => ({ ...p, value: losses[i]! }));
-    tf.dispose(pending.map((p) => p.loss));
-    pending = [];
-    if (bad >= 0) {
-      const good = listCheckpoints(out).at(-1);
-      throw new UserError(
-        `loss became ${entries[bad]!.value} at step ${entries[bad]!.step}; stopped without saving (last good checkpoint: ${good ? good.dir : 'none'}). Lower train.lr or raise train.warmup_frac`,
-        { file: cfg.source, field: 'train.lr' },
-      );
+  const diverged = (what: string, at: number): never => {
+    const good = listCheckpoints(out).at(-1);
+    throw new UserError(
+      `${what} at step ${at}; stopped without saving (last good checkpoint: ${good ? good.dir : 'none'}). Lower train.lr or raise train.warmup_frac`,
+      { file: cfg.source, field: 'train.lr' },
+    );
+  };
+
+  /** Brings waiting losses and norms to the host in one read; stops the run at the first non-finite one. */
+  const syncSteps = () => {
+    if (!onDevice.length) return;
+    const values = tf.tidy(() => tf.stack(onDevice.flatMap((p) => [p.loss, p.norm])).dataSync());
+    const synced = onDevice.map((p, i) => ({ step: p.step, lr: p.lr, loss: values[2 * i]!, grad_norm: values[2 * i + 1]! }));
+    tf.dispose(onDevice.flatMap((p) => [p.loss, p.norm]));
+    onDevice = [];
+    for (const e of synced) {
+      if (!Number.isFinite(e.loss)) diverged(`loss became ${e.loss}`, e.step);
+      if (!Number.isFinite(e.grad_norm)) diverged(`gradient norm became ${e.grad_norm}`, e.step);
     }
+    interval.push(...synced);
+    lastLoss = synced.at(-1)!.loss;
+  };
+
+  /** Host copies of tensors about to be saved; a non-finite value stops the run instead. */
+  const finite = (tensors: TensorMap, what: string): TensorMap => {
+    syncSteps(); // names the step it went wrong at, when a loss or norm shows it
+    const bad = nonFiniteTensor(tensors);
+    if (bad) diverged(`${what} ${bad} became non-finite`, step);
+    return tensors;
+  };
+
+  const flushLogs = () => {
+    syncSteps();
+    if (!interval.length) return;
     const seconds = (performance.now() - intervalStart) / 1000;
     tokensPerSecond = intervalTokens / Math.max(seconds, 1e-9);
     wall += seconds;
     intervalStart = performance.now();
     intervalTokens = 0;
-    const mean = entries.reduce((a, e) => a + e.value, 0) / entries.length;
-    const last = entries.at(-1)!;
-    lastLoss = mean;
-    const line = { step: last.step, loss: mean, lr: last.lr, grad_norm: norm, tokens_per_s: tokensPerSecond, tokens: tokensSeen, backend: info.backend, time: new Date().toISOString() };
+    const mean = interval.reduce((a, e) => a + e.loss, 0) / interval.length;
+    const last = interval.at(-1)!;
+    interval = [];
+    const line = { step: last.step, loss: mean, lr: last.lr, grad_norm: last.grad_norm, tokens_per_s: tokensPerSecond, tokens: tokensSeen, backend: info.backend, time: new Date().toISOString() };
     fs.writeSync(metrics, JSON.stringify(line) + '\n');
     tb.scalar('train/loss', mean, last.step);
     tb.scalar('train/lr', last.lr, last.step);
-    tb.scalar('train/grad_norm', norm, last.step);
+    tb.scalar('train/grad_norm', last.grad_norm, last.step);
     tb.scalar('train/tokens_per_s', tokensPerSecond, last.step);
     const eta = ((endStep - step) * tokensPerStep) / Math.max(tokensPerSecond, 1);
     bar.update(step, { loss: mean.toFixed(3), tps: Math.round(tokensPerSecond), eta: formatDuration(eta) });
@@ -248,7 +285,8 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   };
 
   const save = async () => {
-    flushLogs();
+    const weights = finite(await model.weights(), 'weight');
+    const optState = finite(await opt.state(), 'optimizer moment');
     const trainerState: TrainerState = {
       step,
       tokens_seen: tokensSeen,
@@ -256,12 +294,11 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
       sampler: sampler.state(),
       manifest_hash: prep.manifestHash,
       backend: info.backend,
-      wall_seconds: wall,
+      wall_seconds: wall + (performance.now() - intervalStart) / 1000,
       last_loss: lastLoss,
       val_loss: valLoss,
+      log_interval: interval,
     };
-    const weights = await model.weights();
-    const optState = await opt.state();
     const dir = await writeCheckpointDir(out, step, async (tmp) => {
       await saveModel(tmp, model, { tokenizerPath: prep.tokenizer.path, weights });
       // Fault injection for the crash-safety test: die half-way through a save.
@@ -280,42 +317,37 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     while (step < endStep) {
       step += 1;
       const lr = learningRate(step, schedule);
-      const grads = new Map<string, tf.Tensor>();
-      let loss: tf.Scalar | null = null;
-      for (let a = 0; a < t.grad_accum; a++) {
-        const batch = sampler.next();
-        const { loss: value, grads: g } = pool ? await pool.gradients(model, batch, B, T) : shareGradients(model, { ...batch, B, T });
-        for (const name of model.params.keys()) {
-          const gi = g.get(name)!;
-          const prev = grads.get(name);
-          grads.set(name, prev ? tf.tidy(() => tf.add(prev, gi)) : gi);
-          if (prev) tf.dispose([prev, gi]);
+      // Micro-batches weigh by their counted tokens: the batch's gradient whatever the split.
+      const sum = new TokenWeightedSum();
+      try {
+        for (let a = 0; a < t.grad_accum; a++) {
+          const batch = sampler.next();
+          sum.add(pool ? await pool.gradients(model, batch, B, T) : shareGradients(model, { ...batch, B, T }));
         }
-        loss = loss ? (tf.tidy(() => tf.add(loss!, value)) as tf.Scalar) : value;
-        if (loss !== value) value.dispose();
+      } catch (e) {
+        sum.dispose();
+        throw e;
       }
-      if (t.grad_accum > 1) {
-        for (const [name, g] of grads) {
-          grads.set(name, tf.tidy(() => tf.div(g, t.grad_accum)));
-          g.dispose();
-        }
-        const l = loss!;
-        loss = tf.tidy(() => tf.div(l, t.grad_accum)) as tf.Scalar;
-        l.dispose();
+      const { loss, grads } = sum.result();
+      // Fault injection for the divergence test: an infinite gradient at one step.
+      if (process.env.SINKLM_TEST_INF_GRAD_AT === String(step)) {
+        const [name, g] = grads.entries().next().value!;
+        grads.set(name, tf.tidy(() => tf.mul(g, Infinity)));
+        g.dispose();
       }
-      lastNorm?.dispose();
-      lastNorm = opt.apply(grads, lr);
+      const norm = opt.apply(grads, lr);
       tf.dispose([...grads.values()]);
       await pool?.broadcast(model);
       tokensSeen += tokensPerStep;
       intervalTokens += tokensPerStep;
-      pending.push({ step, loss: loss!, lr });
+      onDevice.push({ step, loss, norm, lr });
       opts.onStep?.(step);
 
-      if (step % t.log_every === 0 || step === endStep) flushLogs();
+      // Log lines fall on the same steps however a run was split: a save keeps the interval.
+      if (step % t.log_every === 0 || step === t.max_steps) flushLogs();
       else bar.update(step, {});
       if (step % t.eval_every === 0 || step === endStep) {
-        flushLogs();
+        syncSteps();
         valLoss = evaluate(model, valBatches, B, T);
         tb.scalar('val/loss', valLoss, step);
         tb.scalar('val/ppl', Math.exp(valLoss), step);
@@ -323,7 +355,8 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
         if (!bar.enabled) log(`step ${step}  val loss ${valLoss.toFixed(4)}  ppl ${Math.exp(valLoss).toFixed(2)}`);
       }
       if (t.snapshot_every > 0 && step % t.snapshot_every === 0) {
-        await saveModel(path.join(out, 'snapshots', stepDirName(step)), model, { tokenizerPath: prep.tokenizer.path });
+        const weights = finite(await model.weights(), 'weight');
+        await writeSnapshotDir(out, step, (tmp) => saveModel(tmp, model, { tokenizerPath: prep.tokenizer.path, weights }));
       }
       if (step % t.ckpt_every === 0 || step === endStep) await save();
       // Let signal handlers run: tfjs-node ops are synchronous and would starve them.
@@ -331,7 +364,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
       if (stopRequested) {
         if (step % t.ckpt_every !== 0 && step !== endStep) await save();
         stopped = 'signal';
-        log(`sinklm train: interrupted; saved step ${step} to ${out} (continue with --resume)`);
+        log(`sinklm train: interrupted at step ${step} (loss ${lastLoss?.toFixed(4) ?? '-'}); saved to ${out} (continue with --resume)`);
         break;
       }
     }
@@ -342,8 +375,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
     }
-    tf.dispose(pending.map((p) => p.loss));
-    lastNorm?.dispose();
+    tf.dispose(onDevice.flatMap((p) => [p.loss, p.norm]));
     pool?.close();
     tb.close();
     fs.closeSync(metrics);
