@@ -172,7 +172,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
   const loadStart = os.loadavg()[0]!;
   const rng = seedrandom(`sinklm-bench-${o.seed ?? 0}`);
   const model = new GPTNeoX(c, initParams(c, o.seed ?? 0));
-  const opt = new AdamW(model.params, model.specs, o.adamw);
+  const opt = new AdamW(model, o.adamw);
   const replicas = o.replicas ?? 1;
   if (B % replicas !== 0) throw new Error(`batch ${B} does not split over ${replicas} replicas`);
   const pool = replicas > 1 ? await ReplicaPool.start(model, replicas, backendInfo().backend) : null;

@@ -105,6 +105,8 @@ function geluInPlace(h: Float32Array, kind: NeoXConfig['hidden_act']): void {
 
 export class HostStep {
   readonly config: NeoXConfig;
+  /** The model's weightsVersion these weights were copied at. */
+  readonly version: number;
   private readonly mem = hostMemory();
   private readonly layers: LayerWeights[];
   private readonly embedIn: Float32Array;
@@ -122,6 +124,7 @@ export class HostStep {
   constructor(model: GPTNeoX) {
     const c = model.config;
     this.config = c;
+    this.version = model.weightsVersion;
     const w = (name: string) => model.params.get(name)!.dataSync() as Float32Array;
     const put = (data: Float32Array) => {
       const at = this.mem.alloc(data.length);
@@ -347,20 +350,22 @@ interface Scratch {
   p: number;
 }
 
-const hostSteps = new WeakMap<GPTNeoX, HostStep>();
-
-/** One HostStep per model (its weights are copied once); inference only. */
+/**
+ * The model's HostStep (its weights are copied once); inference only. A copy made before
+ * the weights last changed (assign, an optimizer step) is dropped and made afresh, so the
+ * host step never runs on stale weights.
+ */
 export function hostStepOf(model: GPTNeoX): HostStep {
-  let s = hostSteps.get(model);
-  if (!s) {
-    s = new HostStep(model);
-    hostSteps.set(model, s);
-  }
+  const held = model.derived;
+  if (held instanceof HostStep && held.version === model.weightsVersion) return held;
+  held?.dispose();
+  const s = new HostStep(model);
+  model.derived = s;
   return s;
 }
 
-/** Frees a model's HostStep, if it has one (GPTNeoX.dispose calls this). */
+/** Frees a model's HostStep, if it has one (GPTNeoX.dispose frees it too). */
 export function releaseHostStep(model: GPTNeoX): void {
-  hostSteps.get(model)?.dispose();
-  hostSteps.delete(model);
+  model.derived?.dispose();
+  model.derived = null;
 }

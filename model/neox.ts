@@ -8,7 +8,6 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { checkPositions, type CacheLayout, type KVCache } from './cache.js';
-import { releaseHostStep } from './hoststep.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, normalize, rotaryTables } from './ops.js';
 import { tokenNll } from './fused.js';
@@ -42,6 +41,13 @@ export class GPTNeoX {
   private readonly causal = new Map<number, tf.Tensor2D>();
   /** Embedding lookups as gathers need UnsortedSegmentSum for their gradient; wasm lacks it. */
   private readonly gatherGrad: boolean;
+  private version = 0;
+  /**
+   * A copy of the weights made elsewhere (the host streaming step's), owned here so that it
+   * is freed with the model. It records the weightsVersion it was made from: whoever uses it
+   * compares that with the model's and rebuilds a stale copy; the model never looks inside.
+   */
+  derived: { readonly version: number; dispose(): void } | null = null;
 
   constructor(config: NeoXConfig, weights: TensorMap) {
     this.config = config;
@@ -50,7 +56,8 @@ export class GPTNeoX {
     for (const s of this.specs) {
       const w = weights.get(s.name);
       if (!w) throw new Error(`missing parameter ${s.name}`);
-      this.params.set(s.name, tf.variable(tf.tensor(w.data, s.shape), true));
+      // tidy frees the initial tensor: a variable takes its own reference to the data.
+      this.params.set(s.name, tf.tidy(() => tf.variable(tf.tensor(w.data, s.shape), true)));
     }
     const tables = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
     const scale = 1 / Math.sqrt(headDim(config));
@@ -213,18 +220,30 @@ export class GPTNeoX {
     return out;
   }
 
+  /**
+   * Counts changes of the weights: anything that writes `params` (assign, an optimizer
+   * update) calls weightsChanged(), so copies of the weights can tell they are stale.
+   */
+  get weightsVersion(): number {
+    return this.version;
+  }
+
+  weightsChanged(): void {
+    this.version += 1;
+  }
+
   /** Sets all weights from arrays (shapes already checked). */
   assign(weights: TensorMap): void {
-    // A host copy of the old weights (the streaming step's) must not outlive them.
-    releaseHostStep(this);
     for (const s of this.specs) {
       const w = weights.get(s.name)!;
       tf.tidy(() => this.params.get(s.name)!.assign(tf.tensor(w.data, s.shape)));
     }
+    this.weightsChanged();
   }
 
   dispose(): void {
-    releaseHostStep(this);
+    this.derived?.dispose();
+    this.derived = null;
     for (const v of this.params.values()) v.dispose();
     tf.dispose(Object.values(this.rope));
     for (const m of this.causal.values()) m.dispose();

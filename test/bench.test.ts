@@ -25,7 +25,7 @@ const adamw = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 
 function constructionResidue(c: NeoXConfig, withOptimizer: boolean): number {
   const before = numTensors();
   const model = new GPTNeoX(c, initParams(c, 1));
-  if (withOptimizer) new AdamW(model.params, model.specs, adamw).dispose();
+  if (withOptimizer) new AdamW(model, adamw).dispose();
   model.dispose();
   return numTensors() - before;
 }
