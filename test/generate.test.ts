@@ -12,7 +12,7 @@ import { makePolicy, parseCache } from '../infer/policy.js';
 import type { LoadedCheckpoint } from '../infer/text.js';
 import { saveModel } from '../model/checkpoint.js';
 import type { NeoXConfig } from '../model/config.js';
-import { numTensors, testBackend, textAndTokenizer, tinyModel } from './helpers.js';
+import { eachDecodePath, numTensors, testBackend, textAndTokenizer, tinyModel } from './helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sinklm-generate-'));
@@ -159,7 +159,7 @@ function checkpointOf(over: Partial<NeoXConfig> = {}): LoadedCheckpoint {
   return { dir: '(memory)', model: tinyModel(over), tokenizer: charTokenizer() };
 }
 
-describe('generate', () => {
+eachDecodePath(() => describe('generate', () => {
   const prompts = ['abcdef', 'ghij', 'klmnopq', 'rs', 'tuvwxyz'];
   const opts = (cache: string, over: Partial<GenerateOptions> = {}): GenerateOptions => ({
     cache: parseCache(cache),
@@ -273,7 +273,7 @@ describe('generate', () => {
     await expect(generate(ck, [], opts('4+8'))).rejects.toThrow(UserError);
     ck.model.dispose();
   });
-});
+}));
 
 describe('sinklm generate (CLI)', () => {
   let dir: string;

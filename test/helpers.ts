@@ -2,11 +2,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe } from 'vitest';
 import { initBackend, type BackendInfo } from '../core/backend.js';
 import { trainTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import type { NeoXConfig } from '../model/config.js';
 import { GPTNeoX } from '../model/neox.js';
 import { initParams } from '../model/params.js';
+import { DECODE_PATHS, type DecodePath } from '../infer/policy.js';
 
 /** Native when it is there (the tests' numbers then match what users run), else the fallback. */
 export async function testBackend(): Promise<BackendInfo> {
@@ -58,4 +60,25 @@ export async function textAndTokenizer(dir: string): Promise<{ textFile: string;
   const corpus = 'The state of the Union is strong. We the people, in order to form a more perfect union. '.repeat(20);
   fs.writeFileSync(textFile, corpus);
   return { textFile, tok: await trainTokenizer([corpus], 300, path.join(dir, 'tokenizer.json')) };
+}
+
+/**
+ * Declares `body` once per decode path, with SINKLM_DECODE set to it while those tests run:
+ * every streaming claim is checked on the host step and on the tensor step alike.
+ */
+export function eachDecodePath(body: (path: DecodePath) => void): void {
+  for (const p of DECODE_PATHS) {
+    describe(`decode path ${p}`, () => {
+      let saved: string | undefined;
+      beforeAll(() => {
+        saved = process.env.SINKLM_DECODE;
+        process.env.SINKLM_DECODE = p;
+      });
+      afterAll(() => {
+        if (saved === undefined) delete process.env.SINKLM_DECODE;
+        else process.env.SINKLM_DECODE = saved;
+      });
+      body(p);
+    });
+  }
 }

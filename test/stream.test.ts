@@ -3,7 +3,15 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { UserError } from '../core/errors.js';
 import { checkCache, makePolicy, makeSinkBatch, parseCache, type PolicyName } from '../infer/policy.js';
 import type { GPTNeoX } from '../model/neox.js';
-import { maxAbsDiff, numTensors, testBackend, tinyModel } from './helpers.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { SINK_MODES } from '../core/config.js';
+import { hostMemory } from '../model/hostmem.js';
+import { loadModel } from '../model/checkpoint.js';
+import { nllOf } from '../infer/stream.js';
+import { eachDecodePath, maxAbsDiff, numTensors, testBackend, tinyModel } from './helpers.js';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
 beforeAll(async () => {
   await testBackend();
@@ -13,6 +21,8 @@ const stream = Array.from({ length: 40 }, (_, i) => (i * 7 + 3) % 50);
 
 function run(model: GPTNeoX, policy: PolicyName, cache: string, tokens = stream): Float32Array[] {
   const p = makePolicy(model, policy, parseCache(cache));
+  // The path under test really runs (recompute always uses full forwards on the backend).
+  if (policy !== 'recompute' && process.env.SINKLM_DECODE) expect(p.decode).toBe(process.env.SINKLM_DECODE);
   const out = tokens.map((t) => {
     const l = p.feed(t);
     const d = l.dataSync() as Float32Array;
@@ -27,7 +37,7 @@ function lastLogits(model: GPTNeoX, ids: number[]): Float32Array {
   return tf.tidy(() => tf.slice(model.forward(tf.tensor2d(ids, [1, ids.length], 'int32')), [ids.length - 1, 0], [1, -1])).dataSync() as Float32Array;
 }
 
-describe('cache policies', () => {
+eachDecodePath((decode) => describe('cache policies', () => {
   for (const mode of ['none', 'softmax1', 'logit'] as const) {
     it(`${mode}: sinks with S+W >= stream length equals dense to 1e-5`, () => {
       const model = tinyModel({ sink_mode: mode });
@@ -88,22 +98,55 @@ describe('cache policies', () => {
     model.dispose();
   });
 
-  it('tensor count is flat across 10,000 streamed tokens (sinks)', async () => {
+  it('tensor count and host memory are flat across a long stream (sinks), and return to baseline', async () => {
+    const tensorsBefore = numTensors();
+    const hostBefore = hostMemory().used;
     const model = tinyModel({ num_hidden_layers: 1 });
     const p = makePolicy(model, 'sinks', parseCache('4+28'));
+    // One layer keeps the steps fast on every backend; the cache is the same per layer.
+    const steps = decode === 'host' ? 10_000 : 3_000;
     const counts: number[] = [];
-    for (let t = 0; t < 10_000; t++) {
-      // One layer keeps 10k steps fast on every backend; the cache is the same per layer.
+    const host: number[] = [];
+    for (let t = 0; t < steps; t++) {
       const l = p.feed((t * 13) % 50);
       l.dataSync();
       l.dispose();
-      if (t === 100 || t === 9_999) counts.push(numTensors());
+      if (t === 100 || t === steps - 1) {
+        counts.push(numTensors());
+        host.push(hostMemory().used);
+      }
       // Yield now and then: a worker busy for minutes misses vitest's RPC deadline.
       if (t % 500 === 0) await new Promise((r) => setImmediate(r));
     }
     expect(counts[1]).toBe(counts[0]);
+    expect(host[1]).toBe(host[0]);
+    // The tensor step keeps its cache in tensors, the host step in host memory: each path
+    // holds something while streaming, and nothing once disposed.
+    if (decode === 'tensor') expect(counts[0]).toBeGreaterThan(tensorsBefore + model.params.size);
+    else expect(host[0]).toBeGreaterThan(hostBefore);
     p.dispose();
     model.dispose();
+    expect(numTensors()).toBe(tensorsBefore);
+    expect(hostMemory().used).toBe(hostBefore);
+  });
+}));
+
+describe('independent streaming fixture (make_fixtures.py stream_reference: float64, multi-layer, eviction past max_position_embeddings)', () => {
+  eachDecodePath(() => {
+    for (const mode of SINK_MODES) {
+      it(`${mode}: per-token NLL of every cache within 1e-4`, () => {
+        const dir = path.join(FIXTURES, mode);
+        const ref = JSON.parse(fs.readFileSync(path.join(dir, 'expected_stream.json'), 'utf8')) as { tokens: number[]; caches: Record<string, number[]> };
+        const model = loadModel(dir);
+        expect(ref.tokens.length).toBeGreaterThan(model.config.max_position_embeddings);
+        for (const [cache, expected] of Object.entries(ref.caches)) {
+          const logits = run(model, 'sinks', cache, ref.tokens);
+          const got = ref.tokens.slice(1).map((next, i) => nllOf(logits[i]!, next));
+          expect(maxAbsDiff(got, expected), cache).toBeLessThan(1e-4);
+        }
+        model.dispose();
+      });
+    }
   });
 });
 
