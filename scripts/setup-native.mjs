@@ -7,6 +7,11 @@
 //   3. a TensorFlow CPU wheel fetched by name with pip (local pip config locations first),
 // puts it into node_modules/@tensorflow/tfjs-node/deps, and compiles the addon from source.
 //
+// The wheel fetched (3) or taken from the cache is pinned to TensorFlow TF_VERSION below, so
+// the native backend does not change under a user with each TensorFlow release; set
+// SINKLM_TF_VERSION (e.g. 2.20.0) to build against another one. A wheel given by
+// SINKLM_TF_WHEEL is used whatever its version.
+//
 // Runs as the package's `postinstall` and as `npm run setup-native` (passes --force to rebuild).
 // It never fails the install: on any problem it explains on stderr and exits 0, and sinklm
 // falls back to the wasm/cpu backend (core/backend.ts).
@@ -27,6 +32,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CPU_PKG = '@tensorflow/tfjs-node';
 const GPU_PKG = '@tensorflow/tfjs-node-gpu';
 const WHEEL_PROJECT = 'tensorflow-cpu';
+/** The TensorFlow release the addon is built against (numerics and kernels are measured on it). */
+const TF_VERSION = process.env.SINKLM_TF_VERSION || '2.21.0';
 const T0 = Date.now();
 
 const secs = () => `${((Date.now() - T0) / 1000).toFixed(1)} s`;
@@ -134,13 +141,13 @@ function versionOf(wheelName) {
   return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : [0, 0, 0];
 }
 
-/** Cached CPU wheels for this machine's architecture, newest first. */
+/** Cached CPU wheels of TF_VERSION for this machine's architecture, newest first. */
 function cachedWheels(dir) {
   const arch = { x64: 'x86_64', arm64: 'aarch64' }[process.arch] ?? process.arch;
   if (!fs.existsSync(dir)) return [];
   return fs
     .readdirSync(dir)
-    .filter((n) => n.startsWith('tensorflow_cpu-') && n.endsWith('.whl') && n.includes('linux') && n.includes(arch))
+    .filter((n) => n.startsWith(`tensorflow_cpu-${TF_VERSION}-`) && n.endsWith('.whl') && n.includes('linux') && n.includes(arch))
     .sort((a, b) => {
       const va = versionOf(a);
       const vb = versionOf(b);
@@ -211,20 +218,20 @@ function downloadWheel(wheelsDir) {
   try {
     const locations = localPipLocations(py);
     if (locations.length) {
-      log(`fetching ${WHEEL_PROJECT} with pip from local locations in pip config (${locations.length})`);
-      const r = run(py, [...base, '--no-index', ...locations.flatMap((l) => ['--find-links', l]), WHEEL_PROJECT], {
+      log(`fetching ${WHEEL_PROJECT}==${TF_VERSION} with pip from local locations in pip config (${locations.length})`);
+      const r = run(py, [...base, '--no-index', ...locations.flatMap((l) => ['--find-links', l]), `${WHEEL_PROJECT}==${TF_VERSION}`], {
         timeout: 300_000,
       });
       if (r.status === 0) return moveWheel(tmp, wheelsDir);
       attempts.push(`pip download --no-index (local locations) failed:`, ...tail(r.error?.message ?? r.output, 6));
     }
-    log(`fetching ${WHEEL_PROJECT} (~275 MB) with pip from its configured index`);
-    const r = run(py, [...base, '--timeout', '15', '--retries', '1', '--progress-bar', 'off', WHEEL_PROJECT], {
+    log(`fetching ${WHEEL_PROJECT}==${TF_VERSION} (~275 MB) with pip from its configured index`);
+    const r = run(py, [...base, '--timeout', '15', '--retries', '1', '--progress-bar', 'off', `${WHEEL_PROJECT}==${TF_VERSION}`], {
       timeout: 1_200_000,
     });
     if (r.status === 0) return moveWheel(tmp, wheelsDir);
     attempts.push(`pip download failed:`, ...tail(r.error?.message ?? r.output, 8));
-    throw new SetupError(`could not fetch the ${WHEEL_PROJECT} wheel with pip`, {
+    throw new SetupError(`could not fetch the ${WHEEL_PROJECT}==${TF_VERSION} wheel with pip`, {
       detail: attempts,
       hint: 'download a tensorflow_cpu-*.whl (Linux, any Python version) elsewhere and set SINKLM_TF_WHEEL to it',
     });
@@ -542,6 +549,7 @@ function setupPackage(name, pkgDir, { gpu }) {
     const p = probe(pkgDir);
     if (p.ok) {
       log(`${name} already loads (TensorFlow ${p.tf ?? '?'}); nothing to do (npm run setup-native rebuilds)`);
+      if (p.tf && p.tf !== TF_VERSION) log(`note: it was built against TensorFlow ${p.tf}, not the pinned ${TF_VERSION}; npm run setup-native rebuilds against the pin`);
       return p;
     }
     const why = /native addon module/.test(p.error ?? '') ? 'addon not built' : String(p.error).slice(0, 200);
@@ -607,7 +615,7 @@ function explain(name, e, pkgDir, { cpuNative = false } = {}) {
     '  sinklm still works, on the slower wasm/cpu backend. To get native TensorFlow, any of:',
     '    - SINKLM_TF_WHEEL=/path/to/tensorflow_cpu-<ver>-<py>-manylinux_x86_64.whl (any Python tag)',
     '    - SINKLM_LIBTENSORFLOW=/path/to/unpacked/libtensorflow (holds lib/ and include/)',
-    `    - a pip that can fetch it: python3 -m pip download --no-deps ${WHEEL_PROJECT}`,
+    `    - a pip that can fetch it: python3 -m pip download --no-deps ${WHEEL_PROJECT}==${TF_VERSION}`,
     '    and build tools (python3, make, g++); then run:  npm run setup-native',
   );
   process.stderr.write(`${lines.join('\n')}\n`);
