@@ -388,7 +388,8 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     stopped,
     loss: lastLoss,
     valLoss,
-    tokensPerSecond,
+    // A session too short for a log line still reports its rate.
+    tokensPerSecond: tokensPerSecond || ((step - (state?.step ?? 0)) * tokensPerStep) / Math.max((performance.now() - started) / 1000, 1e-9),
     backend: info.backend,
     seconds: (performance.now() - started) / 1000,
   };
