@@ -45,7 +45,7 @@ export async function main(argv: string[]): Promise<void> {
       describe: 'TensorFlow.js backend (default: native tensorflow, else wasm, else cpu; env SINKLM_BACKEND)',
       global: true,
     })
-    .demandCommand(1, 'name a command (see --help)')
+    .demandCommand(1, 'name a command')
     .strict()
     .recommendCommands()
     .help()

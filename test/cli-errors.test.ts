@@ -5,15 +5,12 @@
  * its own fresh folder holding a file `afile`, so relative paths like `afile/run` mean the
  * same everywhere and anything a case leaves there is seen.
  */
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ROOT, sinklm as run } from './cli.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const BIN = path.join(ROOT, 'bin', 'sinklm');
 const CKPT = path.join(ROOT, 'checkpoints', 'none');
 const TEXT = path.join(ROOT, 'checkpoints', 'test_stream.txt');
 const SMOKE = path.join(ROOT, 'configs', 'smoke.json');
@@ -24,32 +21,7 @@ const TIMEOUT_MS = 40_000;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sinklm-cli-errors-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-function sinklm(args: string[], cwd: string, input = ''): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd });
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, TIMEOUT_MS);
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, timedOut });
-    });
-    child.stdin.end(input);
-  });
-}
+const sinklm = (args: string[], cwd: string, input?: string) => run(args, cwd, { input, timeoutMs: TIMEOUT_MS });
 
 /** Every entry below `dir`, hidden ones included. */
 function listing(dir: string): string[] {
