@@ -52,6 +52,7 @@ export function checkOutputPath(out: string, kind: OutputKind, option?: string):
   const fail = (why: string): never => {
     throw new UserError(why, { file: out, field: option });
   };
+  if (out.trim() === '') fail('is empty; give a path');
   if (kind === 'file' && /[\\/]$/.test(out)) fail('ends with a slash; give a file name');
   const self = statOf(abs);
   if (self) {

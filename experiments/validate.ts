@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { SinkMode } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { readJsonFile } from '../core/fsutil.js';
+import { checkInputDir } from '../core/outpath.js';
 import type { DecodePath } from '../infer/policy.js';
 import { readText } from '../infer/text.js';
 import { evaluateGrid, verdicts, type GridCell, type GridSpec, type Verdict } from './grid.js';
@@ -47,6 +48,7 @@ export function shippedDir(): string {
 
 export async function validate(opts: { dir?: string; progress?: boolean; log?: (l: string) => void } = {}): Promise<ValidateResult> {
   const dir = path.resolve(opts.dir ?? shippedDir());
+  checkInputDir(dir, 'checkpoints folder');
   const file = path.join(dir, 'validate.json');
   if (!fs.existsSync(file)) throw new UserError('no validate.json: this folder holds no shipped ablation (make one with `sinklm ablate --ship DIR`)', { file: dir });
   const m = readJsonFile(file) as ShippedManifest;

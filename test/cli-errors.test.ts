@@ -127,6 +127,11 @@ describe.concurrent('command-line arguments', () => {
     await expectBadInput(() => ['emergence', 'nothere'], /nothere: run folder: no such folder/);
     await expectBadInput(() => ['score', '--checkpoint', 'afile', '--text', TEXT], /afile: --checkpoint: is a file, not a folder/);
   });
+  it('validate --checkpoints missing, --text a folder, an empty --plot', async () => {
+    await expectBadInput(() => ['validate', '--checkpoints', 'nothere'], /nothere: checkpoints folder: no such folder/);
+    await expectBadInput((d) => ['score', '--checkpoint', CKPT, '--text', d], /: is a folder, not a file/);
+    await expectBadInput(() => ['attention', '--checkpoint', CKPT, '--text', TEXT, '--plot', ''], /--plot: is empty/);
+  });
   it('an unknown command is named as one', async () => {
     await expectBadInput(() => ['foo'], /unknown command: foo/);
     await expectBadInput(() => ['--backend', 'cpu', 'foo', '--json'], /unknown command: foo/);
