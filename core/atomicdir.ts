@@ -13,7 +13,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fsyncDir } from './fsutil.js';
+import { fsyncDir, makeDirs } from './fsutil.js';
 
 const TMP = '.tmp-';
 const OLD = '.old-';
@@ -76,7 +76,7 @@ export function recoverDir(final: string): void {
 /** Starts a folder write: a fresh, empty temporary sibling of `final` to fill. */
 export function beginDir(final: string): string {
   const parent = path.dirname(final);
-  fs.mkdirSync(parent, { recursive: true });
+  makeDirs(parent);
   recoverDir(final);
   return fs.mkdtempSync(path.join(parent, `${hidden(final, TMP)}${process.pid}-`));
 }

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../core/errors.js';
-import { readJsonFile, writeFileAtomic } from '../core/fsutil.js';
+import { makeDirs, readJsonFile, writeFileAtomic } from '../core/fsutil.js';
 import { fromHFConfig, toHFConfig, type NeoXConfig } from './config.js';
 import { GPTNeoX } from './neox.js';
 import { isIgnoredBuffer, paramSpecs } from './params.js';
@@ -71,7 +71,7 @@ export function nonFiniteTensor(tensors: TensorMap): string | null {
  * once write into core/atomicdir's temporary folder (train/ does).
  */
 export async function saveModel(dir: string, model: GPTNeoX, opts: { tokenizerPath?: string; weights?: TensorMap } = {}): Promise<void> {
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   const weights = opts.weights ?? (await model.weights());
   // A diverged model is never saved: no later reader could tell its weights are garbage.
   const bad = nonFiniteTensor(weights);

@@ -18,7 +18,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import protobuf from 'protobufjs';
 import { crc32c } from '@aws-crypto/crc32c';
-import { writeFileAtomic } from '../core/fsutil.js';
+import { makeDirs, writeFileAtomic } from '../core/fsutil.js';
 
 // The subset of tensorflow/core/util/event.proto and summary.proto that scalars need; field
 // numbers are TensorFlow's, so any TensorBoard reader decodes these records.
@@ -139,7 +139,7 @@ export class TensorBoardWriter {
   private readonly flushOnExit = () => this.flush();
 
   constructor(logDir: string) {
-    fs.mkdirSync(logDir, { recursive: true });
+    makeDirs(logDir);
     const secs = Math.floor(Date.now() / 1000);
     const base = `events.out.tfevents.${secs}.${os.hostname()}.${process.pid}.sinklm`;
     // A second writer in the same second and process (a quick resume, a test) must not

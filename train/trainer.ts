@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ensureBackend } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { UserError } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fsutil.js';
+import { makeDirs, writeFileAtomic } from '../core/fsutil.js';
 import { checkOutputPath } from '../core/outpath.js';
 import { progressBar, formatDuration } from '../core/progress.js';
 import { prepareData, readSplitTokens, type PreparedData } from '../data/prepare.js';
@@ -165,7 +165,7 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
     truncateMetrics(out, state.step);
     log(`sinklm train: resuming ${out} from step ${state.step}`);
   } else {
-    fs.mkdirSync(out, { recursive: true });
+    makeDirs(out);
     writeFileAtomic(path.join(out, RUN_FILE), JSON.stringify({ config: { ...cfg, source: undefined }, identity }, null, 2) + '\n');
     model = new GPTNeoX(mc, initParams(mc, t.seed, cfg.model.init));
     sampler = new BatchSampler(samplerOpts);
