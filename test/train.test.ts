@@ -98,6 +98,8 @@ describe('training', () => {
     await train(config(), { ...quiet, out: b, resume: true });
     const la = losses(a);
     const lb = losses(b);
+    // Every step is logged (log_every 1): no comparison of two missing values.
+    expect([...la.keys()]).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
     for (let s = 1; s <= 20; s++) expect(lb.get(s)).toBe(la.get(s));
   });
 
@@ -147,6 +149,7 @@ describe('training', () => {
     await train(config({ train: { replicas: 2 } }), { ...quiet, out: split, stopAt: 10 });
     await train(config({ train: { replicas: 2 } }), { ...quiet, out: split, resume: true });
     const ls = losses(split);
+    expect(ls.size).toBe(20);
     for (let s = 1; s <= 20; s++) expect(ls.get(s)).toBe(l2.get(s));
     // The count may change on resume (cores freed up): same run, float-rounding differences only.
     const changed = path.join(tmp, 'replicas-changed');
@@ -214,7 +217,7 @@ describe('training', () => {
     const out = path.join(tmp, 'memory');
     // Losses wait on the device until a log line: compare steps with as many waiting.
     const counts = new Map<number, number>();
-    await train(config({ model: { hidden_size: 8, num_hidden_layers: 1, intermediate_size: 16 }, train: { seq_len: 8, batch_size: 2, max_steps: 1000, log_every: 10, eval_every: 500, ckpt_every: 500 } }), {
+    await train(config({ model: { hidden_size: 8, num_hidden_layers: 1, intermediate_size: 16 }, train: { seq_len: 10, batch_size: 2, max_steps: 1000, log_every: 10, eval_every: 500, ckpt_every: 500 } }), {
       ...quiet,
       out,
       onStep: (s) => {
