@@ -290,7 +290,7 @@ describe('prepare', () => {
 
   it('refuses unwritable, foreign and too-small outputs', async () => {
     fs.writeFileSync(tmp('afile'), 'x');
-    await expectUserError(() => prepareData(smokeConfig(), { out: tmp('afile/sub') }), tmp('afile/sub'), /not writable/);
+    await expectUserError(() => prepareData(smokeConfig(), { out: tmp('afile/sub') }), tmp('afile/sub'), /afile is a file, not a folder/);
     const foreign = tmp('foreign');
     fs.mkdirSync(foreign);
     fs.writeFileSync(path.join(foreign, 'notes.md'), 'mine');
