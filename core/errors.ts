@@ -25,6 +25,17 @@ export class UserError extends Error {
   }
 }
 
+/**
+ * A check the command exists to make came out wrong (e.g. `validate`'s recomputed grid
+ * drifted from the recorded one): not bad input, not a crash. Exit 1 with one line.
+ */
+export class CheckFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CheckFailure';
+  }
+}
+
 export function isUserError(e: unknown): e is UserError {
   return e instanceof UserError;
 }
@@ -36,6 +47,7 @@ export const EXIT_BAD_INPUT = 2;
 /** Formats any thrown value for stderr and picks the exit code. */
 export function describeFailure(e: unknown): { line: string; code: number } {
   if (isUserError(e)) return { line: `sinklm: error: ${e.line()}`, code: EXIT_BAD_INPUT };
+  if (e instanceof CheckFailure) return { line: `sinklm: check failed: ${e.message}`, code: EXIT_INTERNAL };
   const msg = e instanceof Error ? (e.stack ?? e.message) : String(e);
   return { line: `sinklm: internal error: ${msg}`, code: EXIT_INTERNAL };
 }

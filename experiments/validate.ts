@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { SinkMode } from '../core/config.js';
-import { UserError } from '../core/errors.js';
+import { CheckFailure, UserError } from '../core/errors.js';
 import { readJsonFile } from '../core/fsutil.js';
 import { checkInputDir } from '../core/outpath.js';
 import type { DecodePath } from '../infer/policy.js';
@@ -46,7 +46,34 @@ export function shippedDir(): string {
   return path.join(dir, 'checkpoints');
 }
 
-export async function validate(opts: { dir?: string; progress?: boolean; log?: (l: string) => void } = {}): Promise<ValidateResult> {
+/**
+ * How far a recomputed cell may be from the recorded one (relative perplexity). Backends
+ * and decode paths agree to about 1e-6 on these grids; 0.1% is far above float noise and
+ * far below any difference the verdicts read.
+ */
+export const DRIFT_TOLERANCE = 1e-3;
+
+/**
+ * The largest relative difference between recomputed and recorded cells; a cell further
+ * off than `tolerance`, or one the record lacks, fails the check (exit 1, one line).
+ */
+export function checkDrift(grid: { model: string; cache: string; ppl: number }[], recorded: ShippedManifest['grid'], tolerance: number, file: string): number {
+  let worst = { rel: 0, model: '', cache: '', ppl: 0, rec: 0 };
+  for (const c of grid) {
+    const rec = recorded.find((g) => g.model === c.model && g.cache === c.cache);
+    if (!rec) throw new CheckFailure(`${file}: no recorded cell for ${c.model} ${c.cache} to compare the recomputed one with`);
+    const rel = Math.abs(c.ppl / rec.ppl - 1);
+    if (!(rel <= worst.rel)) worst = { rel, model: c.model, cache: c.cache, ppl: c.ppl, rec: rec.ppl };
+  }
+  if (!(worst.rel <= tolerance)) {
+    throw new CheckFailure(
+      `recomputed grid drifts from the one recorded in ${file}: ${worst.model} ${worst.cache} gives ${worst.ppl.toFixed(4)}, recorded ${worst.rec.toFixed(4)} (${(worst.rel * 100).toFixed(4)}% > tolerance ${(tolerance * 100).toFixed(4)}%)`,
+    );
+  }
+  return worst.rel;
+}
+
+export async function validate(opts: { dir?: string; progress?: boolean; log?: (l: string) => void; tolerance?: number } = {}): Promise<ValidateResult> {
   const dir = path.resolve(opts.dir ?? shippedDir());
   checkInputDir(dir, 'checkpoints folder');
   const file = path.join(dir, 'validate.json');
@@ -60,11 +87,7 @@ export async function validate(opts: { dir?: string; progress?: boolean; log?: (
     m.spec,
     { progress: opts.progress, log: opts.log },
   );
-  let maxRel = 0;
-  for (const c of grid) {
-    const rec = m.grid.find((g) => g.model === c.model && g.cache === c.cache);
-    if (rec) maxRel = Math.max(maxRel, Math.abs(c.ppl / rec.ppl - 1));
-  }
+  const maxRel = checkDrift(grid, m.grid, opts.tolerance ?? DRIFT_TOLERANCE, file);
   return {
     grid: grid.map((c: GridCell) => ({ model: c.model, sink_mode: c.sink_mode, cache: c.cache, ppl: c.ppl })),
     verdicts: verdicts(grid, m.spec.window),

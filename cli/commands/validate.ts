@@ -1,20 +1,32 @@
 import type { CommandModule } from 'yargs';
-import { validate } from '../../experiments/validate.js';
+import { UserError } from '../../core/errors.js';
+import { DRIFT_TOLERANCE, validate } from '../../experiments/validate.js';
 import { gridTable, PAPER_TABLE3 } from '../../experiments/report.js';
 import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
 interface Args extends GlobalArgs {
   checkpoints?: string;
+  tolerance: number;
   json: boolean;
 }
 
 export const validateCommand: CommandModule<GlobalArgs, Args> = {
   command: 'validate',
   describe: "the main job: the paper's Table-3 grid on the shipped checkpoints, with a verdict per claim",
-  builder: (y) => withJson(y.option('checkpoints', { type: 'string', describe: 'folder made by `sinklm ablate --ship` (default: the shipped checkpoints/)' })),
+  builder: (y) =>
+    withJson(
+      y
+        .option('checkpoints', { type: 'string', describe: 'folder made by `sinklm ablate --ship` (default: the shipped checkpoints/)' })
+        .option('tolerance', {
+          type: 'number',
+          default: DRIFT_TOLERANCE,
+          describe: 'largest relative difference of a recomputed cell from the recorded one; past it validate fails (exit 1)',
+        }),
+    ),
   handler: (args) =>
     runCommand(args, async () => {
-      const r = await validate({ dir: args.checkpoints, progress: args.json ? false : undefined, log: args.json ? undefined : (l) => process.stderr.write(l + '\n') });
+      if (!(args.tolerance >= 0)) throw new UserError(`must be a number >= 0 (got ${args.tolerance})`, { field: '--tolerance' });
+      const r = await validate({ dir: args.checkpoints, tolerance: args.tolerance, progress: args.json ? false : undefined, log: args.json ? undefined : (l) => process.stderr.write(l + '\n') });
       if (args.json) return printJson(r);
       const W = r.spec.window;
       const out: string[] = [];
