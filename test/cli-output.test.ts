@@ -75,3 +75,18 @@ describe.concurrent('sinklm --json and what each command names', () => {
     expect(help.stdout).toMatch(/warm-up: the first 8 tokens/);
   });
 });
+
+describe('README and --help', () => {
+  const COMMANDS = ['doctor', 'prepare', 'train', 'score', 'stream-eval', 'generate', 'attention', 'emergence', 'ablate', 'validate', 'bench train', 'bench decode'];
+  it("list the same flags for every command (README's CLI table against each --help)", async () => {
+    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const helps = await Promise.all(COMMANDS.map((c) => sinklm([...c.split(' '), '--help'], tmp)));
+    COMMANDS.forEach((c, i) => {
+      const help = new Set([...helps[i]!.stdout.matchAll(/^\s+(--[a-z-]+)/gm)].map((m) => m[1]!).filter((f) => !['--help', '--version', '--backend'].includes(f)));
+      const row = readme.split('\n').find((l) => l.startsWith(`| \`sinklm ${c}`));
+      expect(row, `README has no row for ${c}`).toBeDefined();
+      const listed = new Set([...row!.split(/(?<!\\)\|/)[1]!.matchAll(/--[a-z-]+/g)].map((m) => m[0]));
+      expect([...listed].sort(), c).toEqual([...help].sort());
+    });
+  });
+});
