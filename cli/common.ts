@@ -43,9 +43,23 @@ export async function runCommand(
   }
 }
 
-/** Prints the one JSON object of `--json` mode. */
+/**
+ * Prints the one JSON object of `--json` mode, its keys in snake_case at every depth: the
+ * library's camelCase fields (spec.maxTokens, tokensPerSecond) never reach a script.
+ */
 export function printJson(obj: unknown): void {
-  process.stdout.write(JSON.stringify(obj) + '\n');
+  process.stdout.write(JSON.stringify(snakeCaseDeep(obj)) + '\n');
+}
+
+/** camelCase identifiers only; keys that are data (cache labels, names, paths) stay as they are. */
+function snakeKey(k: string): string {
+  return /^[a-z][a-zA-Z0-9]*$/.test(k) ? k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`) : k;
+}
+
+export function snakeCaseDeep(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(snakeCaseDeep);
+  if (v === null || typeof v !== 'object' || ArrayBuffer.isView(v) || typeof (v as { toJSON?: unknown }).toJSON === 'function') return v;
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [snakeKey(k), snakeCaseDeep(x)]));
 }
 
 /** A threshold strictly between 0 and 1 (the sink metric's eps). */
@@ -64,7 +78,7 @@ export function once(args: object, names: readonly string[]): void {
   for (const o of names) if (Array.isArray(a[o])) throw new UserError('give it once', { field: `--${o}` });
 }
 
-/** The library's camelCase result fields as the snake_case keys every --json output uses. */
+/** The library's camelCase result fields as the snake_case keys every --json output uses (one level). */
 export function snakeKeys(obj: object): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(obj).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), v]));
+  return Object.fromEntries(Object.entries(obj).map(([k, v]) => [snakeKey(k), v]));
 }

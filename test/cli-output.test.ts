@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { snakeKeys } from '../cli/common.js';
+import { snakeCaseDeep, snakeKeys } from '../cli/common.js';
 import { ROOT, sinklm } from './cli.js';
 
 const CKPT = path.join(ROOT, 'checkpoints', 'none');
@@ -35,6 +35,16 @@ async function json(args: string[], input?: string): Promise<Record<string, unkn
 describe('snakeKeys', () => {
   it('turns the library camelCase into snake_case, values untouched', () => {
     expect(snakeKeys({ tokensPerSecond: 1, valLoss: null, out: 'x' })).toEqual({ tokens_per_second: 1, val_loss: null, out: 'x' });
+  });
+  it('at every depth for --json, leaving keys that are data alone', () => {
+    const created = new Date(0);
+    expect(snakeCaseDeep({ spec: { maxTokens: 3 }, rows: [{ msPerToken: 1 }], '4+60': 1, 'Sink^0.3': 2, created })).toEqual({
+      spec: { max_tokens: 3 },
+      rows: [{ ms_per_token: 1 }],
+      '4+60': 1,
+      'Sink^0.3': 2,
+      created,
+    });
   });
 });
 
