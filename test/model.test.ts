@@ -6,6 +6,8 @@ import { SINK_MODES, type SinkMode } from '../core/config.js';
 import { loadModel } from '../model/checkpoint.js';
 import { DenseCache } from '../infer/cache/dense.js';
 import { initParams } from '../model/params.js';
+import { hostStepOf } from '../model/hoststep.js';
+import { attentionWeights, NEG_INF } from '../model/ops.js';
 import { maxAbsDiff, testBackend, tinyConfig, tinyModel } from './helpers.js';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
@@ -131,4 +133,73 @@ describe('initialisation is Pythia\'s (gpt-neox small_init + wang_init)', () => 
     const hf = initParams(c, 3, 'hf');
     expect(Math.abs(std(hf.get('gpt_neox.layers.0.attention.dense.weight')!.data) / c.initializer_range - 1)).toBeLessThan(0.03);
   });
+});
+
+describe('sink modes at large magnitude (scores and sink logits near +-80)', () => {
+  /** The attention weights of one row in float64: exp(s_i) / (exp(b) + sum_j exp(s_j)), b = -inf for plain softmax. */
+  function reference(row: number[], b: number): number[] {
+    const m = Math.max(b, ...row);
+    const e = row.map((s) => Math.exp(s - m));
+    const denom = Math.exp(b - m) + e.reduce((a, v) => a + v, 0);
+    return e.map((v) => v / denom);
+  }
+
+  it('attentionWeights is finite and equals the float64 formula in every mode', () => {
+    const rows = [
+      [80, 79.5, -80, 3, NEG_INF],
+      [-80, -79, -80.5, -78, NEG_INF],
+      [0, 80, 80, -80, 79.9],
+      [NEG_INF, NEG_INF, -80, NEG_INF, NEG_INF],
+      // past float32's exp range (88.7): only a max-subtracted softmax survives these
+      [100, 99, -100, 95, NEG_INF],
+      [-100, -95, NEG_INF, -99, -100],
+    ];
+    const sinks = [80, -80, 85, 0, 100, 95];
+    for (const mode of SINK_MODES) {
+      const got = tf.tidy(() => {
+        const s = tf.tensor2d(rows.flat(), [rows.length, 5]);
+        return attentionWeights(s, mode, tf.tensor2d(sinks, [rows.length, 1])).arraySync() as number[][];
+      });
+      rows.forEach((row, r) => {
+        const b = mode === 'softmax1' ? 0 : mode === 'logit' ? sinks[r]! : -Infinity;
+        const want = reference(row, b);
+        got[r]!.forEach((w, j) => {
+          expect(Number.isFinite(w), `${mode} row ${r}`).toBe(true);
+          expect(Math.abs(w - want[j]!), `${mode} row ${r} col ${j}`).toBeLessThan(1e-6);
+        });
+      });
+    }
+  });
+
+  for (const mode of ['softmax1', 'logit', 'none'] as const) {
+    it(`${mode}: a model with scores and sink logits near +-80 streams finite logits, host step == full forward`, async () => {
+      const model = tinyModel({ sink_mode: mode, num_attention_heads: 4, hidden_size: 32, intermediate_size: 48 });
+      // Scale the query/key rows up (x36 on the scores: tens) and set sink logits to +-80.
+      const c = model.config;
+      const hd = c.hidden_size / c.num_attention_heads;
+      const w = await model.weights();
+      for (let l = 0; l < c.num_hidden_layers; l++) {
+        const p = `gpt_neox.layers.${l}.attention`;
+        const qkv = w.get(`${p}.query_key_value.weight`)!;
+        for (let row = 0; row < 3 * c.hidden_size; row++) {
+          if (row % (3 * hd) < 2 * hd) for (let j = 0; j < c.hidden_size; j++) qkv.data[row * c.hidden_size + j]! *= 6;
+        }
+        if (mode === 'logit') w.get(`${p}.sinks`)!.data.set([80, -80, 79, -79]);
+      }
+      model.assign(w);
+      const ids = Array.from({ length: 24 }, (_, i) => (i * 17 + 3) % 50);
+      const full = fullLogits(model, ids);
+      expect(full.every(Number.isFinite)).toBe(true);
+      const host = hostStepOf(model);
+      const cache = new DenseCache({ heads: c.num_attention_heads, headDim: hd });
+      ids.forEach((id, t) => {
+        const got = host.step([id], cache);
+        const want = full.subarray(t * c.vocab_size, (t + 1) * c.vocab_size);
+        expect(got.every(Number.isFinite)).toBe(true);
+        expect(maxAbsDiff(got, want) / Math.max(1, ...Array.from(want, Math.abs))).toBeLessThan(1e-4);
+      });
+      cache.dispose();
+      model.dispose();
+    });
+  }
 });
