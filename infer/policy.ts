@@ -32,7 +32,7 @@ export function parseCache(text: string, field = '--cache'): CacheSpec {
   const m = /^\s*(?:(\d+)\s*\+\s*)?(\d+)\s*$/.exec(text);
   if (!m) {
     const why = /-\s*\d/.test(text) ? 'S and W cannot be negative' : 'not of the form S+W';
-    throw new UserError(`"${text}": ${why}; write S+W with whole numbers, e.g. 4+252 (S sink tokens + W recent tokens)`, { field });
+    throw new UserError(`"${text}" is not a cache size (${why}); write S+W with whole numbers, e.g. 4+252 (S sink tokens + W recent tokens)`, { field });
   }
   const sinks = m[1] === undefined ? 0 : Number(m[1]);
   const window = Number(m[2]);

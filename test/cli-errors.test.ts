@@ -118,7 +118,7 @@ describe.concurrent('command-line arguments', () => {
     await expectBadInput(() => [...generate, '--prompts', 'afile', '--cache', '4+28', '--seed', 'abc'], /--seed: "abc" is not a number/);
   });
   it('--cache -1+10 says what is wrong with the spec', async () => {
-    await expectBadInput(() => [...generate, '--prompts', 'afile', '--cache', '-1+10'], /--cache: "-1\+10": S and W cannot be negative/);
+    await expectBadInput(() => [...generate, '--prompts', 'afile', '--cache', '-1+10'], /--cache: "-1\+10" is not a cache size \(S and W cannot be negative\)/);
   });
   it('--eps -1', async () => {
     await expectBadInput(() => ['attention', '--checkpoint', CKPT, '--text', TEXT, '--eps', '-1'], /--eps: must be a number between 0 and 1/);
