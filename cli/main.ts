@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import yargs from 'yargs';
 import { EXIT_BAD_INPUT, isUserError } from '../core/errors.js';
 import { BACKENDS } from '../core/backend.js';
+import { BENCH_SUBCOMMANDS } from './commands/bench.js';
 import { commands } from './commands/index.js';
 import { joinDashedValues, rejectNaN } from './argv.js';
 
@@ -36,6 +37,10 @@ function badInput(line: string): never {
 export async function main(argv: string[]): Promise<void> {
   const word = firstWord(argv);
   if (word !== undefined && !COMMAND_NAMES.includes(word)) badInput(`unknown command: ${word} (commands: ${COMMAND_NAMES.join(', ')}; see sinklm --help)`);
+  if (word === 'bench') {
+    const sub = firstWord(argv.slice(argv.indexOf('bench') + 1));
+    if (sub !== undefined && !BENCH_SUBCOMMANDS.includes(sub)) badInput(`unknown command: bench ${sub} (bench ${BENCH_SUBCOMMANDS.join(' | bench ')})`);
+  }
   argv = joinDashedValues(argv);
   let parser = yargs(argv)
     .scriptName('sinklm')

@@ -135,6 +135,7 @@ describe.concurrent('command-line arguments', () => {
   it('an unknown command is named as one', async () => {
     await expectBadInput(() => ['foo'], /unknown command: foo/);
     await expectBadInput(() => ['--backend', 'cpu', 'foo', '--json'], /unknown command: foo/);
+    await expectBadInput(() => ['bench', 'foo'], /unknown command: bench foo/);
   });
   it('--prompts with invalid UTF-8 is refused like --text', async () => {
     const bad = (d: string) => fs.writeFileSync(path.join(d, 'bad.txt'), Buffer.from([0x68, 0x69, 0xff, 0xfe, 0x0a]));

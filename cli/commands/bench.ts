@@ -265,6 +265,9 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
     }),
 };
 
+/** What `sinklm bench` measures; cli/main.ts names anything else as an unknown command. */
+export const BENCH_SUBCOMMANDS = [trainSub, decodeSub].map((c) => String(c.command));
+
 export const benchCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'bench',
   describe: 'throughput and latency figures: bench train | bench decode',
