@@ -37,7 +37,7 @@ export { attentionStats, attentionTokens, attentionPlot, type AttentionStats } f
 
 // experiments/: the ablation and its validation
 export { ablate, shipAblation } from './experiments/ablate.js';
-export { validate } from './experiments/validate.js';
+export { validate, shippedDir } from './experiments/validate.js';
 export { evaluateGrid, verdicts } from './experiments/grid.js';
 
 // bench/: throughput and latency

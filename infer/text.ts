@@ -1,4 +1,5 @@
 /** From a checkpoint and a text file to the token stream a model sees. */
+import { ensureBackend } from '../core/backend.js';
 import { UserError } from '../core/errors.js';
 import { readUtf8File } from '../core/fsutil.js';
 import { checkInputDir } from '../core/outpath.js';
@@ -14,6 +15,8 @@ export interface LoadedCheckpoint {
 
 export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   checkInputDir(dir, 'checkpoint');
+  // Library users call this first: the model's tensors need a backend (the automatic choice).
+  await ensureBackend();
   const model = loadModel(dir);
   const tokenizer = await loadTokenizer(checkpointTokenizerPath(dir));
   const needed = tokenizer.vocabSize;
