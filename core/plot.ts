@@ -175,12 +175,12 @@ function topLegend(names: string[], width: number) {
 }
 
 export async function lineChart(opts: LineChartOptions): Promise<string> {
-  const rows: { series: string; x: number; y: number }[] = [];
+  const rows: { series: string; x: number; y: number; single: boolean }[] = [];
   let widest = 1;
   for (const s of opts.series) {
     const d = downsample(s.x, s.y, opts.maxPoints ?? MAX_LINE_POINTS, opts.logY ?? false);
     widest = Math.max(widest, d.window);
-    d.x.forEach((x, i) => rows.push({ series: s.name, x, y: d.y[i]! }));
+    d.x.forEach((x, i) => rows.push({ series: s.name, x, y: d.y[i]!, single: d.x.length === 1 }));
   }
   const averaged = opts.logY ? 'geometric mean' : 'mean';
   const note = widest > 1 ? `each point is the ${averaged} of ${widest} consecutive values` : undefined;
@@ -192,7 +192,11 @@ export async function lineChart(opts: LineChartOptions): Promise<string> {
     width: WIDTH,
     height: HEIGHT,
     data: { values: rows },
-    mark: { type: 'line', strokeWidth: 1.6, clip: true },
+    // A line needs two points: a series with one gets a marker, or it would not show at all.
+    layer: [
+      { mark: { type: 'line', strokeWidth: 1.6, clip: true } },
+      { transform: [{ filter: 'datum.single' }], mark: { type: 'point', filled: true, size: 50, opacity: 1, clip: true } },
+    ],
     encoding: {
       x: {
         field: 'x',

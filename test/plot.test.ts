@@ -85,6 +85,23 @@ describe('charts render as SVG', () => {
     expect(lineVertexCounts(svg)).toEqual([4]);
   });
 
+  it('lineChart: a series with a single point is drawn as a marker (a line needs two), longer series are not', async () => {
+    const svg = await lineChart({
+      title: 'one point',
+      xLabel: 'x',
+      yLabel: 'y',
+      series: [
+        { name: 'one', x: [5], y: [3] },
+        { name: 'many', x: [0, 5, 10], y: [1, 2, 4] },
+      ],
+    });
+    expectWellFormedSvg(svg);
+    const points = svg.match(/aria-roledescription="point"/g) ?? [];
+    expect(points).toHaveLength(1);
+    expect(svg).toMatch(/aria-label="x: 5; y: 3; series: one" role="graphics-symbol" aria-roledescription="point"/);
+    expect(lineVertexCounts(svg)).toContain(3);
+  });
+
   it('lineChart: more series than colours: the second round of colours is dashed, the first solid', async () => {
     const line = (n: number) => ({ name: `run ${n}`, x: [0, 1], y: [n, n + 1] });
     const eight = await lineChart({ title: 'eight', xLabel: 'x', yLabel: 'y', series: [1, 2, 3, 4, 5, 6, 7, 8].map(line) });
