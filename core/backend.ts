@@ -1,10 +1,13 @@
 /**
  * Backend selection, in one place: native TensorFlow first (tfjs-node-gpu when the user
  * installed it, else tfjs-node), then wasm, then the pure-JS cpu backend. `--backend` or
- * SINKLM_BACKEND overrides; SINKLM_NO_NATIVE=1 hides native (to test the fallbacks).
+ * SINKLM_BACKEND overrides; SINKLM_NO_NATIVE=1 hides native (to test the fallbacks). On
+ * native, sinklm's own TensorFlow ops load too (SINKLM_NO_KERNELS=1 hides them).
  * Every figure sinklm reports carries `backendInfo().backend`.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
 import { UserError } from './errors.js';
@@ -20,8 +23,23 @@ export interface BackendInfo {
   reason: string;
   native: { available: boolean; package?: string; tensorflow?: string; error?: string; howto?: string };
   gpu: boolean;
+  /** sinklm's own TensorFlow ops (native/): whether they run, which, and why not. */
+  kernels: KernelInfo;
   versions: Record<string, string>;
   threads: number;
+}
+
+export interface KernelInfo {
+  /** True when the ops run: the library loaded and the backend is tensorflow. */
+  in_use: boolean;
+  /** The library's ops registered in TensorFlow (empty when not loaded). */
+  ops: string[];
+  library?: string;
+  /** Compiler flags it was built with (-march=native, or the portable fallback). */
+  build?: string;
+  threads?: number;
+  /** Why the ops do not run. */
+  reason?: string;
 }
 
 const require = createRequire(import.meta.url);
@@ -56,6 +74,7 @@ function probeNative(): NativeProbe {
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
     try {
       const mod = require(pkg) as { version?: Record<string, string> };
+      loadOps(pkg);
       const binding = (tf.findBackend('tensorflow') as unknown as { binding?: { TF_Version?: string } } | null)?.binding;
       return (nativeProbe = { ok: true, pkg, tfVersion: binding?.TF_Version ?? mod.version?.['tfjs-node'] });
     } catch (e) {
@@ -64,6 +83,59 @@ function probeNative(): NativeProbe {
     }
   }
   return (nativeProbe = { ok: false, error: errors.join('; ') || 'package not installed' });
+}
+
+export const KERNELS_HOWTO = 'npm run setup-native  (also builds sinklm\'s TensorFlow ops from native/; needs g++)';
+
+interface OpsProbe {
+  ops: string[];
+  library?: string;
+  build?: string;
+  threads?: number;
+  error?: string;
+}
+let opsProbe: OpsProbe | undefined;
+
+/**
+ * Loads sinklm's op library (native/sinklm_ops.cc, built beside tfjs-node's addon) into the
+ * TensorFlow runtime tfjs-node runs; its load registers the ops. Once, after tfjs-node.
+ * SINKLM_NO_KERNELS=1 hides it (everything then runs as without it).
+ */
+function loadOps(pkg: string): OpsProbe {
+  if (opsProbe) return opsProbe;
+  if (process.env.SINKLM_NO_KERNELS && process.env.SINKLM_NO_KERNELS !== '0') return (opsProbe = { ops: [], error: 'hidden by SINKLM_NO_KERNELS' });
+  let lib: string | undefined;
+  try {
+    const libDir = path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'lib');
+    lib = fs
+      .readdirSync(libDir)
+      .filter((d) => d.startsWith('napi-v'))
+      .map((d) => path.join(libDir, d, 'sinklm_ops.node'))
+      .find((f) => fs.existsSync(f));
+  } catch {
+    /* reported below */
+  }
+  if (!lib) return (opsProbe = { ops: [], error: `not built (no sinklm_ops.node beside ${pkg}'s addon)` });
+  try {
+    const m = require(lib) as { ops: string[]; build?: string; threads?: number; error?: string };
+    return (opsProbe = { ops: m.ops, library: lib, build: m.build, threads: m.threads, error: m.error });
+  } catch (e) {
+    return (opsProbe = { ops: [], library: lib, error: `cannot be loaded: ${String((e as Error)?.message ?? e).split('\n')[0]}` });
+  }
+}
+
+/** sinklm's ops registered in the native runtime (none unless it loaded). */
+export function sinklmOps(): string[] {
+  return opsProbe?.ops ?? [];
+}
+
+function kernelInfo(backend: BackendName, probe: NativeProbe): KernelInfo {
+  const ops = probe.ok && probe.pkg ? loadOps(probe.pkg) : undefined;
+  const base = { ops: ops?.ops ?? [], library: ops?.library, build: ops?.build, threads: ops?.threads };
+  if (!ops) return { in_use: false, ...base, reason: 'they run on native TensorFlow, which is unavailable' };
+  if (ops.error || !ops.ops.length) return { in_use: false, ...base, reason: `${ops.error ?? 'no ops registered'}; to build them: ${KERNELS_HOWTO}` };
+  if (backend !== 'tensorflow') return { in_use: false, ...base, reason: `the ${backend} backend runs (they are tensorflow kernels)` };
+  return { in_use: true, ...base };
 }
 
 /**
@@ -76,6 +148,9 @@ function ensureGradients(): void {
 
 async function activate(name: BackendName): Promise<void> {
   ensureGradients();
+  // tfjs's own banners ("install our node backend ...") would repeat, less accurately, what
+  // sinklm says about the backend it picked; prod mode silences tfjs warnings, nothing else.
+  tf.enableProdMode();
   if (name === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
   if (name === 'cpu') await import('@tensorflow/tfjs-backend-cpu');
   const ok = await tf.setBackend(name);
@@ -156,6 +231,7 @@ export async function initBackend(opts: { prefer?: BackendName; quiet?: boolean;
     reason,
     native,
     gpu: probe.pkg === '@tensorflow/tfjs-node-gpu',
+    kernels: kernelInfo(backend, probe),
     versions: versions(),
     threads: Number(process.env.TF_NUM_INTRAOP_THREADS) || (os.availableParallelism?.() ?? os.cpus().length),
   };

@@ -169,4 +169,17 @@ describe('backends', () => {
     expect(info.native.available).toBe(false);
     expect(info.reason).toMatch(/SINKLM_NO_NATIVE/);
   });
+
+  it('--backend cpu runs a command with no tfjs banner on stderr (sinklm says which backend runs itself)', () => {
+    const ck = path.join(ROOT, 'checkpoints', 'token');
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'sinklm'), 'score', '--backend', 'cpu', '--checkpoint', ck, '--text', path.join(ROOT, 'checkpoints', 'test_stream.txt'), '--json'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 120_000,
+      env: withoutBackendOverride(),
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).backend).toBe('cpu');
+    expect(r.stderr).not.toMatch(/Hi, looks like|====|absl|cpu_feature_guard/);
+  });
 });
