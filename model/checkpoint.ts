@@ -24,12 +24,50 @@ export function readCheckpointConfig(dir: string): NeoXConfig {
   return fromHFConfig(readJsonFile(file), file);
 }
 
+export const WEIGHTS_INDEX_FILE = 'model.safetensors.index.json';
+const PICKLE_FILES = ['pytorch_model.bin', 'pytorch_model.bin.index.json'];
+
+/**
+ * The safetensors file(s) holding a checkpoint's weights: model.safetensors, or the shards
+ * a model.safetensors.index.json lists (HF splits large models so). A folder with only
+ * PyTorch pickles (older Hub uploads) is refused with the command that converts it:
+ * unpickling runs arbitrary code and needs PyTorch, which sinklm does not have.
+ */
+export function weightFiles(dir: string): string[] {
+  const single = path.join(dir, WEIGHTS_FILE);
+  if (fs.existsSync(single)) return [single];
+  const index = path.join(dir, WEIGHTS_INDEX_FILE);
+  if (fs.existsSync(index)) {
+    const raw = readJsonFile(index) as { weight_map?: unknown };
+    const map = raw?.weight_map;
+    if (typeof map !== 'object' || map === null || Array.isArray(map)) throw new UserError('has no "weight_map" object', { file: index, field: 'weight_map' });
+    const shards = [...new Set(Object.values(map as Record<string, unknown>))];
+    if (shards.length === 0 || !shards.every((f): f is string => typeof f === 'string' && f !== '' && !f.includes('/') && !f.includes('\\'))) {
+      throw new UserError('must map every tensor to a file name in this folder', { file: index, field: 'weight_map' });
+    }
+    return shards.sort().map((f) => path.join(dir, f));
+  }
+  const pickle = PICKLE_FILES.find((f) => fs.existsSync(path.join(dir, f)));
+  if (pickle) {
+    const q = dir.replace(/\\/g, '\\\\').replace(/'/g, "\\'");
+    throw new UserError(
+      `has ${pickle} but no ${WEIGHTS_FILE}; sinklm reads safetensors only. Convert it once (needs torch and transformers): ` +
+        `python3 -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('${q}').save_pretrained('${q}', safe_serialization=True)"`,
+      { file: dir },
+    );
+  }
+  throw new UserError('file not found (a checkpoint needs its weights in safetensors)', { file: single });
+}
+
 /** Reads and checks the weights against the config: every name present, every shape right. */
 export function readCheckpointWeights(dir: string, config: NeoXConfig): TensorMap {
-  const file = path.join(dir, WEIGHTS_FILE);
-  const { tensors } = readSafetensors(file);
+  const files = weightFiles(dir);
   const specs = paramSpecs(config);
   const expected = new Set(specs.map((s) => s.name));
+  const tensors: TensorMap = new Map();
+  // Buffers (causal masks, inv_freq) are skipped unread: old ones are BOOL, and all are recomputed.
+  for (const f of files) for (const [name, t] of readSafetensors(f, { keep: (n) => !isIgnoredBuffer(n) }).tensors) tensors.set(name, t);
+  const file = files.length === 1 ? files[0]! : path.join(dir, WEIGHTS_INDEX_FILE);
   for (const s of specs) {
     const t = tensors.get(s.name);
     if (!t) throw new UserError(`tensor ${s.name} is missing (config.json says sink_mode "${config.sink_mode}", ${config.num_hidden_layers} layers)`, { file });
@@ -38,7 +76,7 @@ export function readCheckpointWeights(dir: string, config: NeoXConfig): TensorMa
     }
   }
   for (const name of tensors.keys()) {
-    if (!expected.has(name) && !isIgnoredBuffer(name)) {
+    if (!expected.has(name)) {
       throw new UserError(`unexpected tensor ${name} (config.json says sink_mode "${config.sink_mode}")`, { file });
     }
   }

@@ -49,6 +49,7 @@ export function validateNeoXConfig(c: NeoXConfig, file?: string): NeoXConfig {
   if (rd < 2 || rd % 2) throw bad('rotary_pct', `gives ${rd} rotary dims per head; it must be an even number >= 2`);
   if (!(c.rotary_emb_base > 0)) throw bad('rotary_emb_base', 'must be positive');
   if (!(c.layer_norm_eps > 0)) throw bad('layer_norm_eps', 'must be positive');
+  if (typeof c.use_parallel_residual !== 'boolean') throw bad('use_parallel_residual', `must be true or false (got ${JSON.stringify(c.use_parallel_residual)})`);
   if (c.use_parallel_residual !== true) throw bad('use_parallel_residual', 'only the parallel residual (Pythia) is supported');
   if (!['gelu', 'gelu_new'].includes(c.hidden_act)) throw bad('hidden_act', `must be "gelu" or "gelu_new" (got ${JSON.stringify(c.hidden_act)})`);
   if (!SINK_MODES.includes(c.sink_mode)) {
@@ -111,11 +112,40 @@ export function fromHFConfig(raw: unknown, file?: string): NeoXConfig {
     if (typeof v !== 'number') throw new UserError(`missing or not a number`, { file, field: k });
     return v;
   };
-  // HF's own defaults for the fields old Pythia configs leave out.
-  // transformers v5 moved these under rope_parameters.
+  // HF's own defaults for the fields old Pythia configs leave out. transformers 5 moved the
+  // rotary fields under rope_parameters (partial_rotary_factor, rope_theta); Pythia's own
+  // config.json has rotary_pct and rotary_emb_base. Dropouts, use_cache, dtype/torch_dtype,
+  // initializer_range, architectures, pad/bos/eos ids are training or HF-runtime settings
+  // that do not change a forward pass: read where useful, never required.
   const rope = (typeof r.rope_parameters === 'object' && r.rope_parameters !== null ? r.rope_parameters : {}) as Record<string, unknown>;
+  const ropeType = rope.rope_type ?? rope.type ?? 'default';
+  if (ropeType !== 'default') {
+    throw new UserError(`rope_type ${JSON.stringify(ropeType)} is not supported; only plain rotary ("default", as Pythia) is`, { file, field: 'rope_parameters.rope_type' });
+  }
+  if (r.rope_scaling !== undefined && r.rope_scaling !== null) {
+    throw new UserError('rotary scaling is not supported (Pythia has none); must be null or absent', { file, field: 'rope_scaling' });
+  }
+  if (r.attention_bias !== undefined && r.attention_bias !== true) {
+    throw new UserError(`must be true: GPT-NeoX attention has biases (got ${JSON.stringify(r.attention_bias)})`, { file, field: 'attention_bias' });
+  }
+  // Both spellings may be present (our checkpoints write both); they must agree, since
+  // transformers 5 reads rope_parameters and older code rotary_pct.
+  for (const [legacy, v5] of [['rotary_pct', 'partial_rotary_factor'], ['rotary_emb_base', 'rope_theta']] as const) {
+    if (r[legacy] !== undefined && rope[v5] !== undefined && r[legacy] !== rope[v5]) {
+      throw new UserError(`${legacy} is ${JSON.stringify(r[legacy])} but rope_parameters.${v5} is ${JSON.stringify(rope[v5])}; they must agree`, { file, field: legacy });
+    }
+  }
   const rotaryPct = r.rotary_pct ?? rope.partial_rotary_factor ?? r.partial_rotary_factor ?? 0.25;
   const base = r.rotary_emb_base ?? rope.rope_theta ?? r.rope_theta ?? 10000;
+  for (const [field, v] of [['rotary_pct', rotaryPct], ['rotary_emb_base', base]] as const) {
+    if (typeof v !== 'number') throw new UserError(`must be a number (got ${JSON.stringify(v)})`, { file, field });
+  }
+  const bosEos = (k: 'bos_token_id' | 'eos_token_id'): number | null => {
+    const v = r[k];
+    // Some configs list several ids; the first is the one a stream would use.
+    const id = Array.isArray(v) ? v[0] : v;
+    return typeof id === 'number' ? id : null;
+  };
   const cfg: NeoXConfig = {
     vocab_size: num('vocab_size'),
     hidden_size: num('hidden_size'),
@@ -131,8 +161,8 @@ export function fromHFConfig(raw: unknown, file?: string): NeoXConfig {
     initializer_range: num('initializer_range', 0.02),
     sink_mode: (sl.sink_mode ?? 'none') as SinkMode,
     sink_token_id: (sl.sink_token_id ?? null) as number | null,
-    bos_token_id: (r.bos_token_id ?? null) as number | null,
-    eos_token_id: (r.eos_token_id ?? null) as number | null,
+    bos_token_id: bosEos('bos_token_id'),
+    eos_token_id: bosEos('eos_token_id'),
   };
   return validateNeoXConfig(cfg, file);
 }
