@@ -7,8 +7,13 @@
  * TensorFlow's own kernels (native.ts). The model calls these (ops.ts, neox.ts). Each
  * returns what its formula returns, to float round-off: test/fused.test.ts checks values
  * and gradients against the formulas differentiated by tfjs.
+ *
+ * Where sinklm's own TensorFlow ops are loaded (kernels.ts), LayerNorm with its affines,
+ * bias + GELU and the causal attention run as one fused kernel each, forward and backward;
+ * test/kernels.test.ts checks them against the formulas here.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { attentionKernel, biasGeluKernel, hasKernel, layerNorm2Kernel, layerNormKernel, type AttentionKernelArgs } from './kernels.js';
 import { biasAdd, biasGrad, matMul2d, native, sparseSoftmaxXent } from './native.js';
 
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
@@ -33,6 +38,35 @@ export function normalize(x: tf.Tensor, eps: number): tf.Tensor {
     };
   }, x);
 }
+
+/** LayerNorm over the last axis: normalize(x) * gamma + beta. */
+export function layerNormAffine(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number): tf.Tensor {
+  if (x.rank === 2 && gamma.rank === 1 && hasKernel('SinklmLayerNorm')) return layerNormKernel(x as tf.Tensor2D, gamma as tf.Tensor1D, beta as tf.Tensor1D, eps);
+  return tf.add(tf.mul(normalize(x, eps), gamma), beta);
+}
+
+/**
+ * The parallel residual's two LayerNorms of the same x [N, D]: the statistics once, two
+ * affines.
+ */
+export function layerNormPair(x: tf.Tensor2D, g1: tf.Tensor1D, b1: tf.Tensor1D, g2: tf.Tensor1D, b2: tf.Tensor1D, eps: number): [tf.Tensor2D, tf.Tensor2D] {
+  if (hasKernel('SinklmLayerNorm2')) return layerNorm2Kernel(x, g1, b1, g2, b2, eps);
+  const xhat = normalize(x, eps);
+  return [tf.add(tf.mul(xhat, g1), b1) as tf.Tensor2D, tf.add(tf.mul(xhat, g2), b2) as tf.Tensor2D];
+}
+
+/** gelu(x W^T + b), exact GELU, W [out, in]: the MLP's first half. */
+export function linearGelu(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
+  if (hasKernel('SinklmBiasGelu')) return biasGeluKernel(linear(x, weight), bias);
+  return geluExact(linear(x, weight, bias)) as tf.Tensor2D;
+}
+
+/** Causal self-attention of one layer from the fused qkv projection, by sinklm's kernel. */
+export function causalAttention(a: AttentionKernelArgs): tf.Tensor2D {
+  return attentionKernel(a);
+}
+
+export { hasKernel };
 
 /**
  * Exact GELU, x * Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2. Backward:
@@ -61,29 +95,33 @@ function withGrad(f: OneInput, x: tf.Tensor): tf.Tensor {
 }
 
 /**
- * y = x W^T + b with W stored as PyTorch does ([out, in]). Backward: dx = dy W,
- * dW = dy^T x, db = column sums of dy. On the native backend TensorFlow's 2-D MatMul and
- * BiasAdd (tfjs-node would run a batched matmul and a broadcast add).
+ * y = x W^T + b with W stored as PyTorch does ([out, in]); without `bias`, x W^T. Backward:
+ * dx = dy W, dW = dy^T x, db = column sums of dy. On the native backend TensorFlow's 2-D
+ * MatMul and BiasAdd (tfjs-node would run a batched matmul and a broadcast add).
  */
-export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
+export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor2D {
   const nat = native();
-  const f = tf.customGrad(((xi: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, save: tf.GradSaveFunc) => {
+  const f = tf.customGrad(((xi: tf.Tensor2D, w: tf.Tensor2D, ...rest: unknown[]) => {
+    const b = bias ? (rest[0] as tf.Tensor1D) : undefined;
+    const save = rest.at(-1) as tf.GradSaveFunc;
     save([xi, w]);
-    const value = nat ? biasAdd(matMul2d(xi, w, false, true), b) : tf.add(tf.matMul(xi, w, false, true), b);
+    const xw: tf.Tensor2D = nat ? matMul2d(xi, w, false, true) : tf.matMul(xi, w, false, true);
+    const value = !b ? xw : nat ? biasAdd(xw, b) : tf.add(xw, b);
     return {
       value,
       gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => {
         const [xs, ws] = saved as [tf.Tensor2D, tf.Tensor2D];
-        return [
+        const grads = [
           nat ? matMul2d(dy, ws) : tf.matMul(dy, ws),
           // dy^T x: tfjs's batched matmul is the faster of the two with a transposed left side.
           tf.matMul(dy, xs, true, false),
-          nat ? biasGrad(dy) : tf.sum(dy, 0),
         ];
+        if (b) grads.push(nat ? biasGrad(dy) : tf.sum(dy, 0));
+        return grads;
       },
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
-  return f(x, weight, bias) as tf.Tensor2D;
+  return (bias ? f(x, weight, bias) : f(x, weight)) as tf.Tensor2D;
 }
 
 /**

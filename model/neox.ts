@@ -9,8 +9,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { checkPositions, type CacheLayout, type KVCache } from './cache.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
-import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, normalize, rotaryTables } from './ops.js';
-import { tokenNll } from './fused.js';
+import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, rotaryTables } from './ops.js';
+import { causalAttention, hasKernel, layerNormPair, linearGelu, tokenNll } from './fused.js';
 import { paramSpecs, type ParamSpec } from './params.js';
 import type { TensorMap } from './safetensors.js';
 
@@ -156,10 +156,16 @@ export class GPTNeoX {
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const pre = `gpt_neox.layers.${i}`;
       // The parallel residual normalises the same x twice: share the statistics, keep two affines.
-      const xhat = normalize(x, c.layer_norm_eps);
-      const ln = (name: string) => tf.add(tf.mul(xhat, this.p(`${pre}.${name}.weight`)), this.p(`${pre}.${name}.bias`)) as tf.Tensor2D;
-      const attn = this.attention(ln('input_layernorm'), i, B, n, geo, cache);
-      const mlp = this.mlp(ln('post_attention_layernorm'), pre);
+      const [ln1, ln2] = layerNormPair(
+        x,
+        this.p(`${pre}.input_layernorm.weight`),
+        this.p(`${pre}.input_layernorm.bias`),
+        this.p(`${pre}.post_attention_layernorm.weight`),
+        this.p(`${pre}.post_attention_layernorm.bias`),
+        c.layer_norm_eps,
+      );
+      const attn = this.attention(ln1, i, B, n, geo, cache);
+      const mlp = this.mlp(ln2, pre);
       x = tf.add(tf.add(x, attn), mlp);
     }
     const h = layerNorm(x, this.p('gpt_neox.final_layer_norm.weight'), this.p('gpt_neox.final_layer_norm.bias'), c.layer_norm_eps);
@@ -172,6 +178,22 @@ export class GPTNeoX {
     const hd = headDim(c);
     const pre = `gpt_neox.layers.${layer}.attention`;
     const qkv = linear(x, this.p(`${pre}.query_key_value.weight`), this.p(`${pre}.query_key_value.bias`));
+    if (!cache && !geo.onAttention && hasKernel('SinklmAttention')) {
+      // The whole causal attention (rotary, scores, sink softmax, weighted sum) as one kernel.
+      const ctx = causalAttention({
+        qkv,
+        qCos: this.rope.qCos,
+        qSin: this.rope.qSin,
+        kCos: this.rope.cos,
+        kSin: this.rope.sin,
+        sink: c.sink_mode === 'logit' ? this.p(`${pre}.sinks`) : tf.zeros([1]),
+        batch: B,
+        heads: H,
+        rotaryDims: rotaryDims(c),
+        mode: c.sink_mode,
+      });
+      return linear(ctx, this.p(`${pre}.dense.weight`), this.p(`${pre}.dense.bias`));
+    }
     // HF layout: each head owns a contiguous [q|k|v] block of 3*hd columns.
     const heads = tf.transpose(tf.reshape(qkv, [B, n, H, 3 * hd]), [0, 2, 1, 3]);
     let [q, k, v] = tf.split(heads, 3, -1) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
@@ -187,8 +209,10 @@ export class GPTNeoX {
   }
 
   private mlp(x: tf.Tensor2D, pre: string): tf.Tensor2D {
-    const h = linear(x, this.p(`${pre}.mlp.dense_h_to_4h.weight`), this.p(`${pre}.mlp.dense_h_to_4h.bias`));
-    return linear(gelu(h, this.config.hidden_act) as tf.Tensor2D, this.p(`${pre}.mlp.dense_4h_to_h.weight`), this.p(`${pre}.mlp.dense_4h_to_h.bias`));
+    const w = this.p<tf.Rank.R2>(`${pre}.mlp.dense_h_to_4h.weight`);
+    const b = this.p<tf.Rank.R1>(`${pre}.mlp.dense_h_to_4h.bias`);
+    const h = this.config.hidden_act === 'gelu' ? linearGelu(x, w, b) : (gelu(linear(x, w, b), this.config.hidden_act) as tf.Tensor2D);
+    return linear(h, this.p(`${pre}.mlp.dense_4h_to_h.weight`), this.p(`${pre}.mlp.dense_4h_to_h.bias`));
   }
 
   /**

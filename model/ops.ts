@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { SinkMode } from '../core/config.js';
-import { geluExact, linear, normalize } from './fused.js';
+import { geluExact, layerNormAffine, linear, normalize } from './fused.js';
 
 export { linear, normalize };
 
@@ -13,7 +13,7 @@ export { linear, normalize };
 export const NEG_INF = -1e9;
 
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
-  return tf.add(tf.mul(normalize(x, eps), weight), bias);
+  return layerNormAffine(x, weight, bias, eps);
 }
 
 /** Exact GELU (`gelu`) or the tanh approximation (`gelu_new`), as HF's ACT2FN has them. */
