@@ -7,7 +7,7 @@
 import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import seedrandom from 'seedrandom';
-import { backendInfo } from '../core/backend.js';
+import { backendInfo, type KernelInfo } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { toHFConfig, type NeoXConfig } from '../model/config.js';
 import { modelConfigFor } from '../train/modelconfig.js';
@@ -75,6 +75,8 @@ export interface TrainBenchOptions {
 
 export interface TrainBenchResult {
   backend: string;
+  /** sinklm's own TensorFlow ops: whether they ran in this measurement, which, and why not. */
+  kernels: KernelInfo;
   batch: number;
   seq: number;
   steps: number;
@@ -270,6 +272,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
     const params = model.specs.reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1), 0);
     return {
       backend: backendInfo().backend,
+      kernels: backendInfo().kernels,
       batch: B,
       seq: T,
       steps: o.steps,

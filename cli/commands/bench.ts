@@ -115,11 +115,18 @@ const trainSub: CommandModule<GlobalArgs, TrainArgs> = {
     }, { backend: false }),
 };
 
+/** The kernel set a figure was measured with, in one line. */
+export function kernelSummary(k: TrainBenchResult['kernels']): string {
+  if (!k.in_use) return `off (${k.reason ?? 'not loaded'})`;
+  return `on: ${k.ops.filter((o) => !o.endsWith('Grad')).map((o) => o.replace(/^Sinklm/, '')).join(', ')} (+ backward; ${k.build ?? '?'}, ${k.threads ?? '?'} threads)`;
+}
+
 function trainTable(r: TrainBenchResult, name: string, note?: string): string {
   const c = r.config as Record<string, number>;
   const f = (x: number, d = 1) => x.toFixed(d).padStart(9);
   const lines = [
     `sinklm bench train  [backend ${r.backend}, ${r.replicas > 1 ? `${r.replicas} replicas x ` : ''}${r.threads} threads, load average ${r.loadavg.toFixed(2)}, CPU utilisation ${r.cpu_utilization.toFixed(2)}${r.replicas > 1 ? ' (this process)' : ''}]`,
+    `sinklm kernels   ${kernelSummary(r.kernels)}`,
     `model            ${name}: ${c.num_hidden_layers} layers x ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}; ${(r.params / 1e6).toFixed(2)}M params (${(r.params_matmul / 1e6).toFixed(2)}M in matmuls)`,
     `batch x seq      ${r.batch} x ${r.seq} = ${r.batch * r.seq} tokens/step; ${r.steps} timed steps after ${r.warmup} warmup`,
     `tokens/s        ${f(r.tokens_per_s, 0)}${r.replicas > 1 ? `   (${r.replicas} data-parallel replicas; the split and profile below are this process alone on the whole batch)` : ''}`,

@@ -21,6 +21,7 @@ export const doctor: CommandModule<GlobalArgs, Args> = {
           `why:       ${info.reason}`,
           `native:    ${info.native.available ? `yes (${info.native.package}, TensorFlow ${info.native.tensorflow ?? '?'})` : `no (${info.native.error})`}`,
           ...(info.native.howto ? [`get it:    ${info.native.howto}`] : []),
+          `kernels:   ${info.kernels.in_use ? `sinklm ops in use: ${info.kernels.ops.join(', ')} (${info.kernels.build ?? '?'}; ${info.kernels.library})` : `sinklm ops not in use (${info.kernels.reason})`}`,
           `threads:   ${info.threads}`,
           `versions:  ${Object.entries(info.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`,
         ];
