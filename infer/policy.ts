@@ -12,7 +12,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { backendInfo } from '../core/backend.js';
 import { UserError } from '../core/errors.js';
 import { headDim } from '../model/config.js';
-import { hostStepOf, type HostKVCache } from '../model/hoststep.js';
+import { HOST_BUDGET_BYTES, hostMemory, hostStepBytes, hostWeightBytes, WASM_MAX_BYTES } from '../model/hostmem.js';
+import { hasHostStep, hostStepOf, type HostKVCache } from '../model/hoststep.js';
 import type { GPTNeoX } from '../model/neox.js';
 import { DenseCache } from './cache/dense.js';
 import { SinkCache } from './cache/sinks.js';
@@ -60,14 +61,48 @@ export type DecodePath = (typeof DECODE_PATHS)[number];
  * Where the cached policies run their one-token step: 'host' (model/hoststep.ts, typed
  * arrays, no kernel dispatch; the default on CPU) or 'tensor' (GPTNeoX.step through the
  * backend; the default on a GPU). SINKLM_DECODE=host|tensor overrides.
+ *
+ * Given the model and its cache (`keys` cached tokens in each of `batch` streams), a model
+ * whose host step would not fit (over HOST_BUDGET_BYTES: Pythia-1B and up; or more than the
+ * 4 GiB WebAssembly memory has left beside the other models' host steps) runs on the
+ * tensor step, and stderr says so once.
  */
-export function decodePath(): DecodePath {
+export function decodePath(model?: GPTNeoX, keys?: number, batch = 1): DecodePath {
   const env = process.env.SINKLM_DECODE;
   if (env !== undefined && env !== '') {
     if (!(DECODE_PATHS as readonly string[]).includes(env)) throw new UserError(`must be one of ${DECODE_PATHS.join(', ')} (got "${env}")`, { field: 'SINKLM_DECODE' });
     return env as DecodePath;
   }
-  return backendInfo().gpu ? 'tensor' : 'host';
+  if (backendInfo().gpu) return 'tensor';
+  if (model) {
+    const why = hostStepTooBig(model, keys ?? model.config.max_position_embeddings, batch);
+    if (why) {
+      noteOnce(`sinklm: streaming on the tensor step: ${why} (SINKLM_DECODE=host forces the host step)`);
+      return 'tensor';
+    }
+  }
+  return 'host';
+}
+
+/** Why this model's host step should not be made, or null when it fits. */
+export function hostStepTooBig(model: GPTNeoX, keys: number, batch = 1): string | null {
+  const c = model.config;
+  const need = hostStepBytes(c, keys, batch);
+  const mb = (b: number) => `${Math.ceil(b / 2 ** 20)} MB`;
+  const shape = `${c.num_hidden_layers} x ${c.hidden_size}, ${batch > 1 ? `${batch} streams of ` : ''}${keys} cached tokens`;
+  if (need > HOST_BUDGET_BYTES) return `the host step of this model (${shape}) would need ${mb(need)} of WebAssembly memory, over its ${mb(HOST_BUDGET_BYTES)} budget`;
+  // Weights already copied (an earlier policy on this model) are already counted as used.
+  const held = hasHostStep(model) ? hostWeightBytes(c) : 0;
+  const free = WASM_MAX_BYTES - hostMemory().used;
+  if (need - held > free) return `the host step of this model (${shape}) needs ${mb(need - held)} more WebAssembly memory and only ${mb(free)} of the 4 GiB is left`;
+  return null;
+}
+
+const noted = new Set<string>();
+function noteOnce(line: string): void {
+  if (noted.has(line)) return;
+  noted.add(line);
+  process.stderr.write(line + '\n');
 }
 
 /** One step of the model over a cache, on the chosen path: logits [B * n, V]. */
@@ -91,13 +126,17 @@ export interface StreamPolicy {
 
 class CachedPolicy implements StreamPolicy {
   private seen = 0;
-  readonly decode = decodePath();
+  readonly decode: DecodePath;
   constructor(
     readonly name: PolicyName,
     readonly spec: CacheSpec,
     private readonly model: GPTNeoX,
     private readonly cache: DenseCache | SinkCache,
-  ) {}
+  ) {
+    // A dense cache's room doubles as it grows: up to twice the model's positions.
+    const keys = name === 'dense' ? 2 * model.config.max_position_embeddings : spec.sinks + spec.window;
+    this.decode = decodePath(model, keys);
+  }
   feed(token: number): tf.Tensor2D {
     if (this.name === 'dense' && this.seen >= this.model.config.max_position_embeddings) {
       throw new UserError(
@@ -159,7 +198,7 @@ export function makeSinkBatch(model: GPTNeoX, specs: CacheSpec[]): { feed(token:
     shape,
   );
   let seen = 0;
-  const decode = decodePath();
+  const decode = decodePath(model, cache.capacity, specs.length);
   return {
     decode,
     feed(token: number) {

@@ -6,10 +6,43 @@
  * every earlier view.
  */
 import { UserError } from '../core/errors.js';
+import type { NeoXConfig } from './config.js';
 import { KERNELS_WASM_BASE64 } from './kernels.wasm.js';
 
 const PAGE = 65536;
 const ALIGN = 16;
+
+/** A WebAssembly (wasm32) memory cannot grow past 4 GiB. */
+export const WASM_MAX_BYTES = 4 * 2 ** 30;
+
+/**
+ * The most one model's host step may take before streaming runs on the tensor step
+ * instead. The host step copies every matrix out of TensorFlow (which keeps its own), so
+ * its memory is on top of the model's; and its one-thread matrix-vector products lose to
+ * TensorFlow's batched kernels once the matrices are large enough to hide the per-kernel
+ * dispatch that the host step exists to avoid. 2 GiB takes Pythia-410M (1.5 GB at cache
+ * 1024), not Pythia-1B (3.9 GB, which would leave no room in the 4 GiB for a second model).
+ */
+export const HOST_BUDGET_BYTES = 2 * 2 ** 30;
+
+/** Bytes of the weights HostStep copies into host memory (every matrix and bias but embed_in). */
+export function hostWeightBytes(c: NeoXConfig): number {
+  const D = c.hidden_size;
+  const F = c.intermediate_size;
+  const perLayer = 3 * D * D + 3 * D + D * D + D + F * D + F + D * F + D;
+  return 4 * (c.num_hidden_layers * perLayer + c.vocab_size * D);
+}
+
+/**
+ * Bytes of host memory one model's host step holds: its weights, the keys and values of
+ * `batch` streams of `keys` cached tokens each, and the activations of one step.
+ */
+export function hostStepBytes(c: NeoXConfig, keys: number, batch = 1): number {
+  const D = c.hidden_size;
+  const kv = 4 * 2 * c.num_hidden_layers * batch * keys * D;
+  const scratch = 4 * (batch * (6 * D + c.intermediate_size + c.vocab_size) + keys + D);
+  return hostWeightBytes(c) + kv + scratch;
+}
 
 interface Kernels {
   matvec(x: number, w: number, stride: number, b: number, bias: number, y: number, n: number, m: number): void;

@@ -364,6 +364,11 @@ export function hostStepOf(model: GPTNeoX): HostStep {
   return s;
 }
 
+/** Whether the model holds a HostStep of its current weights (its copy is in host memory). */
+export function hasHostStep(model: GPTNeoX): boolean {
+  return model.derived instanceof HostStep && model.derived.version === model.weightsVersion;
+}
+
 /** Frees a model's HostStep, if it has one (GPTNeoX.dispose frees it too). */
 export function releaseHostStep(model: GPTNeoX): void {
   model.derived?.dispose();

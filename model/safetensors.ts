@@ -9,8 +9,9 @@
  * of float32, and only one copy of it should be alive.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { UserError } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fsutil.js';
+import { fsyncDir, makeDirs, writeAll } from '../core/fsutil.js';
 
 export interface NamedArray {
   shape: number[];
@@ -204,29 +205,78 @@ export function readSafetensors(file: string, opts: { keep?: (name: string) => b
  * (`dtype: 'F16'`, rounded to nearest even) as HF ships Pythia.
  */
 export function writeSafetensors(file: string, tensors: TensorMap, metadata: Record<string, string> = {}, opts: { dtype?: 'F32' | 'F16' } = {}): void {
+  const list = [...tensors];
+  writeSafetensorsFrom(
+    file,
+    list.map(([name, t]) => ({ name, shape: t.shape })),
+    (i) => list[i]![1].data,
+    metadata,
+    opts,
+  );
+}
+
+/**
+ * writeSafetensors for tensors made one at a time: `data(i)` gives tensor i's values when
+ * its turn comes, so a model far larger than what one wants in memory twice (a random
+ * Pythia-160M for the bench: 650 MB as float32) is written holding one tensor at a time.
+ */
+export function writeSafetensorsFrom(
+  file: string,
+  specs: { name: string; shape: number[] }[],
+  data: (i: number) => Float32Array,
+  metadata: Record<string, string> = {},
+  opts: { dtype?: 'F32' | 'F16' } = {},
+): void {
   const dtype = opts.dtype ?? 'F32';
   const width = DTYPE_BYTES[dtype];
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } };
   let offset = 0;
-  for (const [name, t] of tensors) {
-    const bytes = t.data.length * width;
-    header[name] = { dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+  for (const s of specs) {
+    const bytes = s.shape.reduce((a, b) => a * b, 1) * width;
+    header[s.name] = { dtype, shape: s.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
   const headerBytes = Buffer.from(json, 'utf8');
-  const out = Buffer.alloc(8 + headerBytes.length + offset);
-  out.writeBigUInt64LE(BigInt(headerBytes.length), 0);
-  headerBytes.copy(out, 8);
-  let pos = 8 + headerBytes.length;
-  for (const t of tensors.values()) {
-    if (dtype === 'F32') {
-      Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).copy(out, pos);
-    } else {
-      for (let i = 0; i < t.data.length; i++) out.writeUInt16LE(f32ToF16(t.data[i]!), pos + 2 * i);
+  const lead = Buffer.alloc(8 + headerBytes.length);
+  lead.writeBigUInt64LE(BigInt(headerBytes.length), 0);
+  headerBytes.copy(lead, 8);
+  writeFileAtomicFrom(file, (write) => {
+    write(lead);
+    specs.forEach((s, i) => {
+      const d = data(i);
+      const count = s.shape.reduce((a, b) => a * b, 1);
+      if (d.length !== count) throw new Error(`writeSafetensors: ${s.name} has ${d.length} values for shape [${s.shape}]`);
+      if (dtype === 'F32') {
+        write(new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
+      } else {
+        const h = new Uint16Array(count);
+        for (let j = 0; j < count; j++) h[j] = f32ToF16(d[j]!);
+        write(new Uint8Array(h.buffer));
+      }
+    });
+  });
+}
+
+/** writeFileAtomic (temporary name, fsync, rename) for content written in pieces. */
+function writeFileAtomicFrom(file: string, body: (write: (bytes: Uint8Array) => void) => void): void {
+  const dir = path.dirname(file);
+  makeDirs(dir);
+  if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new UserError('is a folder; give a file name', { file });
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    try {
+      body((bytes) => writeAll(fd, bytes));
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
     }
-    pos += t.data.length * width;
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
   }
-  writeFileAtomic(file, out);
+  fsyncDir(dir);
 }

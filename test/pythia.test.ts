@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { UserError } from '../core/errors.js';
 import { fromHFConfig } from '../model/config.js';
 import { loadTokenizer } from '../data/tokenizer.js';
@@ -16,10 +16,14 @@ import { readCheckpointWeights, readCheckpointConfig } from '../model/checkpoint
 import { f16ToF32, f32ToF16, readSafetensors, readSafetensorsHeader, writeSafetensors, type TensorMap } from '../model/safetensors.js';
 import { attentionStats, attentionTokens } from '../infer/attention.js';
 import { generate } from '../infer/generate.js';
-import { parseCache } from '../infer/policy.js';
+import { decodePath, hostStepTooBig, makePolicy, parseCache } from '../infer/policy.js';
 import { score } from '../infer/score.js';
 import { streamEval } from '../infer/stream.js';
 import { loadCheckpoint, textStream, type LoadedCheckpoint } from '../infer/text.js';
+import { hostMemory, hostStepBytes } from '../model/hostmem.js';
+import { releaseHostStep } from '../model/hoststep.js';
+import { GPTNeoX } from '../model/neox.js';
+import { PYTHIA_SHAPES, pythiaConfigJson, timeStep, writeRandomPythia } from '../bench/pythia.js';
 import { ROOT, sinklm } from './cli.js';
 import { eachDecodePath, maxAbsDiff, testBackend } from './helpers.js';
 
@@ -215,6 +219,80 @@ describe('safetensors details', () => {
       expect(maxAbsDiff(score(sharded, text).nll, expected.score.nll)).toBeLessThan(TOL);
     } finally {
       sharded.model.dispose();
+    }
+  });
+});
+
+describe('which step streams a model: the host step only where it fits', () => {
+  const stand = (name: string) => {
+    const shape = PYTHIA_SHAPES.find((s) => s.name === name)!;
+    return { config: fromHFConfig(pythiaConfigJson(shape)), derived: null, weightsVersion: 0 } as unknown as GPTNeoX;
+  };
+  let saved: string | undefined;
+  let lines: string[];
+  beforeEach(() => {
+    saved = process.env.SINKLM_DECODE;
+    delete process.env.SINKLM_DECODE;
+    lines = [];
+    vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (lines.push(String(s)), true));
+  });
+  afterEach(() => {
+    vi.restoreAllMocks();
+    if (saved !== undefined) process.env.SINKLM_DECODE = saved;
+  });
+
+  it('Pythia-160M and 410M stream on the host step at cache 1024; 1B and up on the tensor step, said once on stderr', () => {
+    expect(decodePath(stand('pythia-160m'), 1024)).toBe('host');
+    expect(decodePath(stand('pythia-410m'), 1024)).toBe('host');
+    expect(lines).toEqual([]);
+    for (const name of ['pythia-1b', 'pythia-1.4b', 'pythia-12b']) expect(decodePath(stand(name), 1024), name).toBe('tensor');
+    expect(decodePath(stand('pythia-1b'), 1024)).toBe('tensor');
+    const notes = lines.filter((l) => l.includes('16 x 2048'));
+    expect(notes).toHaveLength(1);
+    expect(notes[0]).toMatch(/^sinklm: streaming on the tensor step: the host step of this model \(16 x 2048, 1024 cached tokens\) would need 3723 MB of WebAssembly memory, over its 2048 MB budget/);
+    // The user can still ask for the host step.
+    process.env.SINKLM_DECODE = 'host';
+    expect(decodePath(stand('pythia-1b'), 1024)).toBe('host');
+  });
+
+  it('a model that fits the budget but not what is left of the 4 GiB goes to the tensor step too', () => {
+    vi.spyOn(hostMemory(), 'used', 'get').mockReturnValue(3.25 * 2 ** 30);
+    expect(hostStepTooBig(stand('pythia-410m'), 1024)).toMatch(/needs 1542 MB more WebAssembly memory and only 768 MB of the 4 GiB is left/);
+    expect(decodePath(stand('pythia-410m'), 1024)).toBe('tensor');
+    expect(decodePath(stand('pythia-160m'), 1024)).toBe('host');
+  });
+
+  it('the estimate covers what the host step really holds', () => {
+    releaseHostStep(ck.model); // an earlier test's copy of the weights would already be counted
+    const before = hostMemory().used;
+    const p = makePolicy(ck.model, 'sinks', parseCache('4+12'));
+    expect(p.decode).toBe('host');
+    p.feed(5).dispose();
+    const held = hostMemory().used - before;
+    const est = hostStepBytes(ck.model.config, 16);
+    p.dispose();
+    releaseHostStep(ck.model);
+    expect(held).toBeLessThanOrEqual(est * 1.05);
+    expect(held).toBeGreaterThan(est * 0.9);
+  });
+});
+
+describe('bench pythia (a small shape: the real one is 310 MB)', () => {
+  it('writes a float16 Pythia-layout checkpoint that loads, and times both steps', () => {
+    const dir = path.join(tmp, 'bench');
+    const built = writeRandomPythia(dir, { name: 'small', layers: 2, hidden: 64, heads: 4, vocab: 512 });
+    expect(readSafetensorsHeader(path.join(dir, 'model.safetensors')).entries.get('embed_out.weight')).toMatchObject({ dtype: 'F16', shape: [512, 64] });
+    expect(built.bytes).toBeGreaterThan(2 * built.params);
+    const model = new GPTNeoX(readCheckpointConfig(dir), readCheckpointWeights(dir, readCheckpointConfig(dir)));
+    try {
+      expect(model.config).toMatchObject({ sink_mode: 'none', rotary_pct: 0.25, max_position_embeddings: 2048 });
+      for (const d of ['host', 'tensor'] as const) {
+        const r = timeStep(model, d, 4, 28, 3, 1);
+        expect(r).toMatchObject({ decode: d, cache: '4+28', tokens: 3 });
+        expect(r.ms_per_token).toBeGreaterThan(0);
+      }
+    } finally {
+      model.dispose();
     }
   });
 });

@@ -4,11 +4,12 @@ import { fileURLToPath } from 'node:url';
 import type { Argv, CommandModule } from 'yargs';
 import { benchDecode, benchLong, cacheSpecFor, machine } from '../../bench/decode.js';
 import { benchModelConfig, benchTrain, type TrainBenchResult } from '../../bench/train.js';
+import { benchPythia, formatPythiaBench } from '../../bench/pythia.js';
 import { initBackend } from '../../core/backend.js';
 import { loadRunConfig } from '../../core/config.js';
 import { UserError } from '../../core/errors.js';
-import { checkInputDir } from '../../core/outpath.js';
-import { checkCache, POLICIES, type PolicyName } from '../../infer/policy.js';
+import { checkInputDir, checkOutputPath } from '../../core/outpath.js';
+import { checkCache, DECODE_PATHS, parseCache, POLICIES, type DecodePath, type PolicyName } from '../../infer/policy.js';
 import { loadModel } from '../../model/checkpoint.js';
 import { GPTNeoX } from '../../model/neox.js';
 import { initParams } from '../../model/params.js';
@@ -272,16 +273,53 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
     }),
 };
 
+interface PythiaArgs extends GlobalArgs {
+  cache: string;
+  tokens: number;
+  paths: string;
+  out?: string;
+  json: boolean;
+}
+
+const pythiaSub: CommandModule<GlobalArgs, PythiaArgs> = {
+  command: 'pythia',
+  describe: 'a random float16 Pythia-160M-shaped checkpoint (12 x 768) written as HF ships Pythia: load time, memory, ms/token of the host and tensor steps at a full cache, and which step each Pythia size streams on',
+  builder: (y) =>
+    withJson(
+      y
+        .option('cache', { type: 'string', default: '4+1020', describe: 'S+W of the timed sinks cache (filled before timing)' })
+        .option('tokens', { type: 'number', default: 16, describe: 'timed tokens per step' })
+        .option('paths', { type: 'string', default: 'host,tensor', describe: 'comma-separated decode paths to time: host, tensor' })
+        .option('out', { type: 'string', describe: 'keep the checkpoint in this folder (default: a temporary one, removed)' }),
+    ),
+  handler: (args) =>
+    runCommand(args, async () => {
+      positiveInt(args.tokens, '--tokens');
+      const spec = parseCache(args.cache, '--cache');
+      checkCache(spec, 'sinks', 2048, '--cache');
+      const paths = args.paths.split(',').map((p) => {
+        const d = p.trim() as DecodePath;
+        if (!DECODE_PATHS.includes(d)) throw new UserError(`"${p}" is not a decode path; choose from ${DECODE_PATHS.join(', ')}`, { field: '--paths' });
+        return d;
+      });
+      if (args.out) checkOutputPath(args.out, 'folder', '--out');
+      const r = await benchPythia({ dir: args.out, sinks: spec.sinks, window: spec.window, tokens: args.tokens, paths, log });
+      if (args.json) return printJson(r);
+      process.stdout.write(formatPythiaBench(r) + '\n');
+    }),
+};
+
 /** What `sinklm bench` measures; cli/main.ts names anything else as an unknown command. */
-export const BENCH_SUBCOMMANDS = [trainSub, decodeSub].map((c) => String(c.command));
+export const BENCH_SUBCOMMANDS = [trainSub, decodeSub, pythiaSub].map((c) => String(c.command));
 
 export const benchCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'bench',
-  describe: 'throughput and latency figures: bench train | bench decode',
+  describe: 'throughput and latency figures: bench train | bench decode | bench pythia',
   builder: (y: Argv<GlobalArgs>) =>
     y
       .command(trainSub)
       .command(decodeSub)
-      .demandCommand(1, 'name what to measure: train or decode') as unknown as Argv<GlobalArgs>,
+      .command(pythiaSub)
+      .demandCommand(1, 'name what to measure: train, decode or pythia') as unknown as Argv<GlobalArgs>,
   handler: () => {},
 };
