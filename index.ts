@@ -38,7 +38,9 @@ export { attentionStats, attentionTokens, attentionPlot, type AttentionStats } f
 // experiments/: the ablation and its validation
 export { ablate, shipAblation } from './experiments/ablate.js';
 export { validate, shippedDir } from './experiments/validate.js';
-export { evaluateGrid, verdicts } from './experiments/grid.js';
+export { evaluateGrid } from './experiments/grid.js';
+export { verdicts, formatVerdict, MARGIN, type Verdict } from './experiments/verdicts.js';
+export { pairedBootstrap, type PairedDiff } from './experiments/stats.js';
 
 // bench/: throughput and latency
 export { benchTrain } from './bench/train.js';

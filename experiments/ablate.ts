@@ -16,7 +16,8 @@ import { CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE } from '../model/checkpoint.j
 import { listCheckpoints, METRICS_FILE, readMetrics, readState, STATE_FILE } from '../train/rundir.js';
 import { train } from '../train/trainer.js';
 import { emergenceTrace, type EmergencePoint } from './emergence.js';
-import { evaluateGrid, gridCaches, verdicts, type GridCell, type GridSpec, type Verdict } from './grid.js';
+import { evaluateGrid, gridCaches, type GridCell, type GridSpec } from './grid.js';
+import { verdicts, type Verdict } from './verdicts.js';
 import { writeReport } from './report.js';
 
 /** Windows of the test text the attention statistics average over (Gu et al. use 100 x 64 tokens). */
@@ -143,7 +144,7 @@ export async function ablate(
     spec,
     caches: gridCaches(spec),
     grid,
-    verdicts: verdicts(grid, spec.window),
+    verdicts: verdicts({ grid, curves }, spec.window),
     variants,
     curves: curves.map((c) => ({ ...c, nll: Array.from(c.nll) })),
     out: root,

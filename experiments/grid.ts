@@ -6,7 +6,7 @@
 import type { SinkMode } from '../core/config.js';
 import { parseCache, type DecodePath, type PolicyName } from '../infer/policy.js';
 import { streamEval, streamEvalMany, type StreamRow } from '../infer/stream.js';
-import { loadCheckpoint, textStream } from '../infer/text.js';
+import { loadCheckpoint, textStream, type LoadedCheckpoint } from '../infer/text.js';
 
 export interface GridSpec {
   /** Total cache W (initial + recent). */
@@ -33,6 +33,11 @@ export interface GridCell {
   ms_per_token: number;
   backend: string;
   decode: DecodePath;
+  /**
+   * Bits per UTF-8 byte of the text the predicted tokens cover: comparable across models
+   * whose tokenizers cut the same text into different tokens.
+   */
+  bpb: number;
 }
 
 export interface GridResult {
@@ -49,7 +54,13 @@ export async function evaluateGrid(
   models: GridModel[],
   text: string,
   spec: GridSpec,
-  opts: { extra?: { policy: PolicyName; cache: string; maxTokens?: number }[]; progress?: boolean; log?: (l: string) => void } = {},
+  opts: {
+    extra?: { policy: PolicyName; cache: string; maxTokens?: number }[];
+    progress?: boolean;
+    log?: (l: string) => void;
+    /** Called with each loaded model before it is freed (e.g. for its attention statistics). */
+    onModel?: (name: string, ck: LoadedCheckpoint) => void | Promise<void>;
+  } = {},
 ): Promise<GridResult> {
   const grid: GridCell[] = [];
   const curves: GridResult['curves'] = [];
@@ -60,8 +71,9 @@ export async function evaluateGrid(
       const stream = textStream(ck, text, spec.maxTokens);
       const caches = gridCaches(spec);
       const many = streamEvalMany(ck, stream, caches.map((c) => parseCache(c)), { progress: opts.progress, label: `${m.name} ${caches.join(' ')}` });
+      const bytes = predictedBytes(ck, stream);
       many.forEach(({ row, nll }, i) => {
-        grid.push(cell(m.name, ck.model.config.sink_mode, row));
+        grid.push(cell(m.name, ck.model.config.sink_mode, row, bytes));
         curves.push({ model: m.name, cache: caches[i]!, policy: 'sinks', nll });
         opts.log?.(`${m.name.padEnd(10)} sinks     ${caches[i]!.padStart(8)}  ppl ${row.ppl.toFixed(3)}  (${row.tokens} tokens)`);
       });
@@ -69,10 +81,11 @@ export async function evaluateGrid(
       for (const r of runs) {
         const stream = textStream(ck, text, r.maxTokens);
         const { row, nll } = streamEval(ck, stream, r.policy, parseCache(r.cache), { progress: opts.progress, label: `${m.name} ${r.policy} ${r.cache}` });
-        grid.push(cell(m.name, ck.model.config.sink_mode, row));
+        grid.push(cell(m.name, ck.model.config.sink_mode, row, predictedBytes(ck, stream)));
         curves.push({ model: m.name, cache: r.cache, policy: r.policy, nll });
         opts.log?.(`${m.name.padEnd(10)} ${r.policy.padEnd(9)} ${r.cache.padStart(8)}  ppl ${row.ppl.toFixed(3)}  (${row.tokens} tokens, ${row.ms_per_token.toFixed(1)} ms/token)`);
       }
+      await opts.onModel?.(m.name, ck);
     } finally {
       ck.model.dispose();
     }
@@ -80,63 +93,17 @@ export async function evaluateGrid(
   return { grid, curves };
 }
 
-function cell(model: string, mode: SinkMode, r: StreamRow): GridCell {
-  return { model, sink_mode: mode, cache: r.cache, policy: r.policy, ppl: r.ppl, nll_mean: r.nll_mean, tokens: r.tokens, ms_per_token: r.ms_per_token, backend: r.backend, decode: r.decode };
+/** UTF-8 bytes of the text behind the predicted tokens (all text tokens but the first). */
+function predictedBytes(ck: LoadedCheckpoint, stream: { tokens: number[]; prefix: number }): number {
+  return Buffer.byteLength(ck.tokenizer.decode(stream.tokens.slice(stream.prefix + 1)), 'utf8');
+}
+
+function cell(model: string, mode: SinkMode, r: StreamRow, bytes: number): GridCell {
+  const bpb = (r.nll_mean * r.tokens) / Math.LN2 / Math.max(1, bytes);
+  return { model, sink_mode: mode, cache: r.cache, policy: r.policy, ppl: r.ppl, nll_mean: r.nll_mean, tokens: r.tokens, ms_per_token: r.ms_per_token, backend: r.backend, decode: r.decode, bpb };
 }
 
 /** ppl of one cell of the sinks grid. */
 export function pplAt(grid: GridCell[], model: string, initial: number, window: number): number | undefined {
   return grid.find((c) => c.model === model && c.policy === 'sinks' && c.cache === `${initial}+${window - initial}`)?.ppl;
-}
-
-export interface Verdict {
-  claim: string;
-  holds: boolean | null;
-  evidence: string;
-}
-
-/**
- * The paper's two claims, tested on the grid: a vanilla model needs more than one initial
- * token (dropping to 1 costs perplexity), a sink-token model streams with one (1 is as
- * good as 4). `tolerance` is the relative ppl difference counted as "the same".
- */
-export function verdicts(grid: GridCell[], window: number, tolerance = 0.01): Verdict[] {
-  const out: Verdict[] = [];
-  const rel = (a: number, b: number) => a / b - 1;
-  const fmt = (x: number) => `${(x * 100).toFixed(2)}%`;
-  const byMode = (mode: SinkMode) => grid.find((c) => c.sink_mode === mode)?.model;
-  const vanilla = byMode('none');
-  if (vanilla) {
-    const p0 = pplAt(grid, vanilla, 0, window)!;
-    const p1 = pplAt(grid, vanilla, 1, window)!;
-    const p4 = pplAt(grid, vanilla, 4, window)!;
-    out.push({
-      claim: 'window attention (0 initial tokens) degrades a vanilla model',
-      holds: rel(p0, p4) > tolerance,
-      evidence: `vanilla ppl 0+${window}: ${p0.toFixed(3)} vs 4+${window - 4}: ${p4.toFixed(3)} (${fmt(rel(p0, p4))})`,
-    });
-    out.push({
-      claim: 'a vanilla model needs more than one initial token',
-      holds: rel(p1, p4) > tolerance,
-      evidence: `vanilla ppl 1+${window - 1}: ${p1.toFixed(3)} vs 4+${window - 4}: ${p4.toFixed(3)} (${fmt(rel(p1, p4))})`,
-    });
-  }
-  const sink = byMode('token');
-  if (sink) {
-    const p0 = pplAt(grid, sink, 0, window)!;
-    const p1 = pplAt(grid, sink, 1, window)!;
-    const p4 = pplAt(grid, sink, 4, window)!;
-    const same = Math.abs(rel(p1, p4)) <= tolerance;
-    // Streaming with one sink only means something if dropping the first tokens would hurt
-    // a model without one; when window attention is fine for vanilla too, it is vacuous.
-    const vanillaNeedsSinks = out.find((v) => v.claim.startsWith('window attention'))?.holds;
-    out.push({
-      claim: 'a sink-token model streams with just its one sink token',
-      holds: same && vanillaNeedsSinks === false ? null : same,
-      evidence:
-        `sink-token ppl 1+${window - 1}: ${p1.toFixed(3)} vs 4+${window - 4}: ${p4.toFixed(3)} (${fmt(rel(p1, p4))}); without it (0+${window}): ${p0.toFixed(3)} (${fmt(rel(p0, p4))})` +
-        (same && vanillaNeedsSinks === false ? '; inconclusive: no model here depends on its first tokens (no attention sink formed)' : ''),
-    });
-  }
-  return out;
 }

@@ -10,6 +10,7 @@ import { barChart, heatmapGrid, lineChart } from '../core/plot.js';
 import type { AblationResult } from './ablate.js';
 import { emergencePlot, uniformFirst, type EmergencePoint } from './emergence.js';
 import { pplAt } from './grid.js';
+import { verdictRule } from './verdicts.js';
 
 /** Table 3 of Xiao et al. (ICLR 2024): Pythia-160M from scratch, cache x+y with y = 1024 - x. */
 export const PAPER_TABLE3: { model: string; values: Record<number, number> }[] = [
@@ -40,7 +41,8 @@ function markdown(r: AblationResult): string {
   lines.push(`| model | 0+1024 | 1+1023 | 2+1022 | 4+1020 |`, `|---|---:|---:|---:|---:|`);
   for (const p of PAPER_TABLE3) lines.push(`| ${p.model} | ${[0, 1, 2, 4].map((s) => p.values[s]).join(' | ')} |`);
   lines.push('', `## Verdicts`, '');
-  for (const v of r.verdicts) lines.push(`- **${v.holds === null ? 'inconclusive' : v.holds ? 'holds' : 'does not hold'}**: ${v.claim}. ${v.evidence}.`);
+  for (const v of r.verdicts) lines.push(`- **${v.outcome}**: ${v.claim}. ${v.evidence}${v.note ? ` (${v.note})` : ''}.`);
+  lines.push('', verdictRule());
   lines.push('', `## References and quality`, '');
   lines.push(`| model | val loss | dense (within context) | recompute 0+${W} | Sink^0.3 (first token) | implicit-sink Sink^0.3 | mean first-token attention | tokens trained |`);
   lines.push(`|---|---:|---:|---:|---:|---:|---:|---:|`);

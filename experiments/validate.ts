@@ -1,7 +1,9 @@
 /**
- * The main job: the Table-3 grid recomputed from the shipped checkpoints (checkpoints/),
- * with the paper's claims checked on it and the numbers compared to those the ablation
- * recorded when it made the checkpoints.
+ * The main job: the Table-3 grid, the attention-sink statistics and the paper's claims as
+ * statistics, on any set of GPT-NeoX checkpoints and a text. Two sources:
+ *  - the shipped ablation (checkpoints/, made by `ablate --ship`): its recorded grid is
+ *    recomputed and must match (a drift fails the run);
+ *  - any checkpoint folders (`--model name=dir`): real Pythia models, your own runs.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,9 +12,13 @@ import type { SinkMode } from '../core/config.js';
 import { CheckFailure, UserError } from '../core/errors.js';
 import { readJsonFile } from '../core/fsutil.js';
 import { checkInputDir } from '../core/outpath.js';
+import { attentionStatsOver, attentionWindows, SINK_EPS, type AttentionStats } from '../infer/attention.js';
 import type { DecodePath } from '../infer/policy.js';
-import { readText } from '../infer/text.js';
-import { evaluateGrid, verdicts, type GridCell, type GridSpec, type Verdict } from './grid.js';
+import { readText, type LoadedCheckpoint } from '../infer/text.js';
+import { checkpointTokenizerPath, readCheckpointConfig } from '../model/checkpoint.js';
+import { evaluateGrid, type GridCell, type GridModel, type GridSpec } from './grid.js';
+import { BOOTSTRAP_RESAMPLES } from './stats.js';
+import { MARGIN, verdicts, type Verdict } from './verdicts.js';
 
 export interface ShippedManifest {
   text: string;
@@ -23,20 +29,53 @@ export interface ShippedManifest {
   grid: { model: string; sink_mode: SinkMode; cache: string; ppl: number }[];
 }
 
+/** A model's attention-sink statistics over windows of the text (infer/attention.ts). */
+export interface ModelSinkStats {
+  name: string;
+  dir: string;
+  sink_mode: SinkMode;
+  context: number;
+  /** Gu et al.'s Sink^eps: share of (layer, head) pairs whose first-token attention exceeds eps. */
+  sink_metric: number;
+  eps: number;
+  /** Mean first-token attention per layer (over heads). */
+  first_by_layer: number[];
+  strongest_head: { layer: number; head: number; first: number };
+  /** softmax1 / logit: share of heads whose implicit-sink mass exceeds eps. */
+  implicit_sink_metric: number | null;
+  windows: number;
+  tokens_per_window: number;
+}
+
 export interface ValidateResult {
-  grid: { model: string; sink_mode: SinkMode; cache: string; ppl: number }[];
+  source: 'shipped' | 'models';
+  text: string;
+  /** The Table-3 cells (policy sinks), model by model in the order given. */
+  grid: GridCell[];
+  /** dense within the context and recompute (sliding window with re-computation), for reference. */
+  references: GridCell[];
   verdicts: Verdict[];
+  margin: number;
+  resamples: number;
   spec: GridSpec;
   backend: string;
   /** Where the cached streaming step ran (see infer/policy.ts decodePath). */
   decode: DecodePath;
   seconds: number;
-  /** Largest relative difference from the grid recorded at ablation time. */
-  max_rel_diff_vs_recorded: number;
-  recorded_backend: string;
-  checkpoints: string;
-  variants: ShippedManifest['variants'];
+  /** Shipped source: largest relative difference from the grid recorded at ablation time. */
+  max_rel_diff_vs_recorded: number | null;
+  recorded_backend: string | null;
+  checkpoints: string | null;
+  variants: ShippedManifest['variants'] | null;
+  models: ModelSinkStats[];
+  /** True when the models cut the text with different tokenizers: compare rows by bits per byte. */
+  tokenizers_differ: boolean;
 }
+
+/** Windows of the text the attention statistics average over (as `ablate`). */
+const ATTENTION_WINDOWS = 8;
+/** Tokens the recompute reference runs over by default: it re-runs W tokens per token. */
+export const RECOMPUTE_TOKENS = 256;
 
 /** The checkpoints/ folder shipped with the package (wherever it is installed). */
 export function shippedDir(): string {
@@ -73,27 +112,86 @@ export function checkDrift(grid: { model: string; cache: string; ppl: number }[]
   return worst.rel;
 }
 
-export async function validate(opts: { dir?: string; progress?: boolean; log?: (l: string) => void; tolerance?: number } = {}): Promise<ValidateResult> {
+function sinkStats(name: string, ck: LoadedCheckpoint, a: AttentionStats): ModelSinkStats {
+  const layers = a.layers.map((l) => l.heads.reduce((x, h) => x + h.first, 0) / l.heads.length);
+  let strongest = { layer: 0, head: 0, first: -1 };
+  for (const l of a.layers) for (const h of l.heads) if (h.first > strongest.first) strongest = { layer: l.layer, head: h.head, first: h.first };
+  return {
+    name,
+    dir: ck.dir,
+    sink_mode: ck.model.config.sink_mode,
+    context: ck.model.config.max_position_embeddings,
+    sink_metric: a.sink_metric.first,
+    eps: a.eps,
+    first_by_layer: layers,
+    strongest_head: strongest,
+    implicit_sink_metric: a.sink_metric.implicit_sink,
+    windows: a.windows ?? 1,
+    tokens_per_window: a.tokens,
+  };
+}
+
+interface RunOptions {
+  progress?: boolean;
+  log?: (l: string) => void;
+  recomputeTokens?: number;
+  resamples?: number;
+}
+
+/** The grid, references, sink statistics and verdicts of some models on one text. */
+async function run(models: GridModel[], text: string, textFile: string, spec: GridSpec, opts: RunOptions) {
+  const started = performance.now();
+  const contexts = models.map((m) => readCheckpointConfig(m.dir).max_position_embeddings);
+  const stats: ModelSinkStats[] = [];
+  const recompute = opts.recomputeTokens ?? Math.min(RECOMPUTE_TOKENS, spec.maxTokens);
+  const context = Math.min(...contexts);
+  const { grid, curves } = await evaluateGrid(models, text, spec, {
+    progress: opts.progress,
+    log: opts.log,
+    extra: [
+      // Dense within the context (a sink token, where there is one, takes a position).
+      { policy: 'dense', cache: `0+${context}`, maxTokens: context - 1 },
+      ...(recompute > 0 ? [{ policy: 'recompute' as const, cache: `0+${spec.window}`, maxTokens: recompute }] : []),
+    ],
+    onModel: (name, ck) => {
+      stats.push(sinkStats(name, ck, attentionStatsOver(ck, attentionWindows(ck, text, ATTENTION_WINDOWS, textFile))));
+    },
+  });
+  const sinks = grid.filter((c) => c.policy === 'sinks');
+  const resamples = opts.resamples ?? BOOTSTRAP_RESAMPLES;
+  const tokenizers = models.map((m) => fs.readFileSync(checkpointTokenizerPath(m.dir)));
+  return {
+    grid: sinks,
+    references: grid.filter((c) => c.policy !== 'sinks'),
+    verdicts: verdicts({ grid: sinks, curves }, spec.window, { resamples }),
+    margin: MARGIN,
+    resamples,
+    spec,
+    backend: grid[0]?.backend ?? 'unknown',
+    decode: sinks[0]!.decode,
+    seconds: 0,
+    models: stats,
+    tokenizers_differ: tokenizers.some((t) => !t.equals(tokenizers[0]!)),
+    started,
+  };
+}
+
+/** The shipped ablation (default: checkpoints/ of this package), checked against its record. */
+export async function validate(opts: RunOptions & { dir?: string; tolerance?: number } = {}): Promise<ValidateResult> {
   const dir = path.resolve(opts.dir ?? shippedDir());
   checkInputDir(dir, 'checkpoints folder');
   const file = path.join(dir, 'validate.json');
-  if (!fs.existsSync(file)) throw new UserError('no validate.json: this folder holds no shipped ablation (make one with `sinklm ablate --ship DIR`)', { file: dir });
+  if (!fs.existsSync(file)) throw new UserError('no validate.json: this folder holds no shipped ablation (make one with `sinklm ablate --ship DIR`, or name models with --model)', { file: dir });
   const m = readJsonFile(file) as ShippedManifest;
-  const text = readText(path.join(dir, m.text));
-  const started = performance.now();
-  const { grid } = await evaluateGrid(
-    m.variants.map((v) => ({ name: v.name, dir: path.join(dir, v.dir) })),
-    text,
-    m.spec,
-    { progress: opts.progress, log: opts.log },
-  );
-  const maxRel = checkDrift(grid, m.grid, opts.tolerance ?? DRIFT_TOLERANCE, file);
+  const textFile = path.join(dir, m.text);
+  const text = readText(textFile);
+  const r = await run(m.variants.map((v) => ({ name: v.name, dir: path.join(dir, v.dir) })), text, textFile, m.spec, opts);
+  const maxRel = checkDrift(r.grid, m.grid, opts.tolerance ?? DRIFT_TOLERANCE, file);
+  const { started, ...rest } = r;
   return {
-    grid: grid.map((c: GridCell) => ({ model: c.model, sink_mode: c.sink_mode, cache: c.cache, ppl: c.ppl })),
-    verdicts: verdicts(grid, m.spec.window),
-    spec: m.spec,
-    backend: grid[0]?.backend ?? 'unknown',
-    decode: grid[0]!.decode,
+    ...rest,
+    source: 'shipped',
+    text: textFile,
     seconds: (performance.now() - started) / 1000,
     max_rel_diff_vs_recorded: maxRel,
     recorded_backend: m.backend,
@@ -101,3 +199,56 @@ export async function validate(opts: { dir?: string; progress?: boolean; log?: (
     variants: m.variants,
   };
 }
+
+/** `name=dir` as `--model` takes it; a bare dir is named after its folder. */
+export function parseModelArg(arg: string): GridModel {
+  const eq = arg.indexOf('=');
+  const name = eq > 0 ? arg.slice(0, eq) : path.basename(path.resolve(arg));
+  const dir = eq > 0 ? arg.slice(eq + 1) : arg;
+  if (!name || !dir) throw new UserError(`"${arg}": write NAME=FOLDER, e.g. vanilla=path/to/pythia-160m`, { field: '--model' });
+  return { name, dir };
+}
+
+/**
+ * Any checkpoints on any text. Every model is checked before anything runs: a folder that
+ * is not a checkpoint, or a context smaller than the cache, is one line and exit 2.
+ */
+export async function validateModels(
+  opts: RunOptions & { models: GridModel[]; text: string; window?: number; maxTokens?: number },
+): Promise<ValidateResult> {
+  if (opts.models.length === 0) throw new UserError('name at least one model', { field: '--model' });
+  const names = opts.models.map((m) => m.name);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup) throw new UserError(`two models are called "${dup}"; give each its own NAME=FOLDER`, { field: '--model' });
+  const contexts = opts.models.map((m) => {
+    checkInputDir(m.dir, `--model ${m.name}`);
+    checkpointTokenizerPath(m.dir);
+    return readCheckpointConfig(m.dir).max_position_embeddings;
+  });
+  const text = readText(opts.text);
+  const smallest = Math.min(...contexts);
+  const window = opts.window ?? Math.floor(smallest / 2);
+  if (!Number.isInteger(window) || window < 5) throw new UserError(`must be a whole number >= 5, so that 4+(W-4) keeps a recent token (got ${window})`, { field: '--window' });
+  opts.models.forEach((m, i) => {
+    if (window > contexts[i]!) {
+      throw new UserError(`cache ${window} is larger than model ${m.name}'s context (max_position_embeddings ${contexts[i]}); choose --window <= ${contexts[i]}`, { field: '--window' });
+    }
+  });
+  const maxTokens = opts.maxTokens ?? 8 * window;
+  if (!Number.isInteger(maxTokens) || maxTokens < 2) throw new UserError(`must be a whole number >= 2 (got ${maxTokens})`, { field: '--max-tokens' });
+  const spec: GridSpec = { window, initial: [0, 1, 2, 4], maxTokens };
+  const r = await run(opts.models, text, opts.text, spec, opts);
+  const { started, ...rest } = r;
+  return {
+    ...rest,
+    source: 'models',
+    text: path.resolve(opts.text),
+    seconds: (performance.now() - started) / 1000,
+    max_rel_diff_vs_recorded: null,
+    recorded_backend: null,
+    checkpoints: null,
+    variants: null,
+  };
+}
+
+export { SINK_EPS };

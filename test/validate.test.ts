@@ -89,3 +89,67 @@ describe('validate: the recomputed grid is checked against the recorded one', ()
     }
   });
 });
+
+describe('validate --model: any checkpoint folders on any text', () => {
+  const dir = path.join(tmp, 'models');
+  const bin = path.join(ROOT, 'bin', 'sinklm');
+  const cli = (args: string[]) => spawnSync(process.execPath, [bin, 'validate', ...args], { encoding: 'utf8', timeout: 180_000 });
+  let textFile: string;
+  beforeAll(async () => {
+    await testBackend();
+    fs.mkdirSync(dir, { recursive: true });
+    const t = await textAndTokenizer(dir);
+    textFile = t.textFile;
+    const model = tinyModel({ vocab_size: t.tok.vocabSize });
+    await saveModel(path.join(dir, 'tiny'), model, { tokenizerPath: t.tok.path });
+    model.dispose();
+  });
+
+  it('two models with different tokenizers: grid with bits per byte, references, sink statistics, verdicts with intervals', () => {
+    const shipped = path.join(ROOT, 'checkpoints', 'token');
+    const r = cli(['--model', `tiny=${path.join(dir, 'tiny')}`, '--model', `sinktoken=${shipped}`, '--text', textFile, '--max-tokens', '150', '--recompute-tokens', '20', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as {
+      source: string;
+      spec: { window: number };
+      grid: { model: string; cache: string; ppl: number; bpb: number; tokens: number }[];
+      references: { model: string; policy: string }[];
+      models: { name: string; sink_mode: string; sink_metric: number; first_by_layer: number[] }[];
+      verdicts: { model: string; outcome: string; compare: { lo: number; hi: number; rel: number } }[];
+      tokenizers_differ: boolean;
+      max_rel_diff_vs_recorded: number | null;
+    };
+    expect(out.source).toBe('models');
+    // Default window: half the smaller context (the tiny model has 64 positions).
+    expect(out.spec.window).toBe(32);
+    expect(out.grid.map((c) => `${c.model} ${c.cache}`)).toEqual(['tiny', 'sinktoken'].flatMap((m) => ['0+32', '1+31', '2+30', '4+28'].map((c) => `${m} ${c}`)));
+    expect(out.grid.every((c) => Number.isFinite(c.ppl) && c.bpb > 0 && c.bpb < 20)).toBe(true);
+    expect(out.tokenizers_differ).toBe(true);
+    expect(out.references.map((c) => `${c.model} ${c.policy}`)).toEqual(['tiny dense', 'tiny recompute', 'sinktoken dense', 'sinktoken recompute']);
+    expect(out.models.map((m) => [m.name, m.sink_mode, m.first_by_layer.length])).toEqual([['tiny', 'none', 2], ['sinktoken', 'token', 4]]);
+    expect(out.verdicts.map((v) => v.model)).toEqual(['tiny', 'tiny', 'sinktoken', 'sinktoken']);
+    for (const v of out.verdicts) expect(v.compare.lo).toBeLessThanOrEqual(v.compare.hi);
+    expect(out.max_rel_diff_vs_recorded).toBeNull();
+  });
+
+  it('bad input: one line, exit 2, before any streaming', () => {
+    const tiny = `t=${path.join(dir, 'tiny')}`;
+    const cases: [string[], RegExp][] = [
+      [['--model', `x=${dir}`, '--text', textFile], /config\.json|tokenizer\.json/],
+      [['--model', `x=${textFile}`, '--text', textFile], /is a file, not a folder/],
+      [['--model', tiny], /--text/],
+      [['--model', tiny, '--text', textFile, '--window', '100'], /--window.*context/],
+      [['--model', tiny, '--text', textFile, '--window', '3'], /--window/],
+      [['--model', tiny, '--model', tiny, '--text', textFile], /two models are called "t"/],
+      [['--text', textFile], /--text: applies with --model only/],
+    ];
+    for (const [args, why] of cases) {
+      const r = cli(args);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(2);
+      const lines = r.stderr.split('\n').filter((l) => l.trim());
+      expect(lines, args.join(' ')).toHaveLength(1);
+      expect(lines[0]).toMatch(why);
+      expect(r.stdout).toBe('');
+    }
+  });
+});

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
+import { formatVerdict } from '../../experiments/verdicts.js';
 import { loadRunConfig } from '../../core/config.js';
 import { prepareData } from '../../data/prepare.js';
 import { checkOutputPath } from '../../core/outpath.js';
@@ -36,7 +37,7 @@ export const ablateCommand: CommandModule<GlobalArgs, Args> = {
       }
       if (args.json) return printJson({ ...r, curves: undefined });
       process.stdout.write(`${gridTable(r, r.variants.map((v) => v.name))}\n\n`);
-      for (const v of r.verdicts) process.stdout.write(`${v.holds === null ? 'INCONCLUSIVE ' : v.holds ? 'HOLDS        ' : 'DOES NOT HOLD'}  ${v.claim}: ${v.evidence}\n`);
+      for (const v of r.verdicts) process.stdout.write(formatVerdict(v) + '\n');
       process.stdout.write(`\nreport: ${path.join(r.out, 'report', 'report.md')} [${r.backend}]\n`);
     }, {
       ...ONE_THREAD,
