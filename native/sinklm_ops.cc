@@ -16,14 +16,19 @@
 // already mapped there, and its init function registers the ops into that runtime's global
 // op and kernel registries, which TFE_NewOp (tfjs-node's executeOp) consults.
 //
-// All ops take and return float32. Work is split over (batch, head) pairs or rows on up to
-// TF_NUM_INTRAOP_THREADS threads (default: all cores), in fixed chunks, so results do not
-// depend on timing.
+// All ops take and return float32. Work is split over (batch, head) pairs or blocks of rows
+// on up to TF_NUM_INTRAOP_THREADS threads (default: all cores); results do not depend on
+// which thread ran what.
 
 #include <node_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -55,20 +60,83 @@ int NumThreads() {
   return n;
 }
 
-// f(begin, end, worker) over [0, n) in NumThreads() contiguous chunks (the caller runs one).
+// A persistent pool of NumThreads() - 1 helpers. Work is handed out one unit at a time from
+// an atomic counter and the caller works too, so a helper the OS has not scheduled (the
+// machine may be shared) delays nothing: the caller waits only for units already taken.
+// Which thread runs a unit never changes a result: every unit writes its own outputs (and
+// its own slot of any partial sum, which the caller then adds in unit order).
+class Pool {
+ public:
+  static Pool& Get() {
+    static Pool* pool = new Pool(NumThreads() - 1);  // never destroyed: helpers live with the process
+    return *pool;
+  }
+  template <class F>
+  void Run(int64_t n, F f) {
+    if (n <= 0) return;
+    if (helpers_ == 0 || n == 1) {
+      for (int64_t i = 0; i < n; i++) f(i);
+      return;
+    }
+    auto job = std::make_shared<Job>();
+    job->n = n;
+    job->fn = [&f](int64_t i) { f(i); };
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      current_ = job;
+      gen_++;
+    }
+    cv_.notify_all();
+    Work(*job);
+    while (job->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (current_ == job) current_.reset();
+  }
+
+ private:
+  struct Job {
+    int64_t n = 0;
+    std::function<void(int64_t)> fn;
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  explicit Pool(int helpers) : helpers_(std::max(0, helpers)) {
+    for (int k = 0; k < helpers_; k++) std::thread([this] { Loop(); }).detach();
+  }
+  static void Work(Job& job) {
+    for (int64_t i; (i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n;) {
+      job.fn(i);
+      job.done.fetch_add(1, std::memory_order_release);
+    }
+  }
+  void Loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return gen_ != seen; });
+        seen = gen_;
+        job = current_;
+      }
+      if (job) Work(*job);
+    }
+  }
+  const int helpers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<Job> current_;
+  uint64_t gen_ = 0;
+};
+
+// f(unit) for every unit in [0, n), on the pool.
 template <class F>
 void ParallelFor(int64_t n, F f) {
-  const int t = static_cast<int>(std::min<int64_t>(NumThreads(), n));
-  if (t <= 1) {
-    f(int64_t{0}, n, 0);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(t - 1);
-  for (int k = 1; k < t; k++) pool.emplace_back(f, k * n / t, (k + 1) * n / t, k);
-  f(int64_t{0}, n / t, 0);
-  for (auto& th : pool) th.join();
+  Pool::Get().Run(n, f);
 }
+
+/** Rows per unit of work for the row-wise kernels. */
+constexpr int64_t kRowBlock = 32;
+inline int64_t Blocks(int64_t rows) { return (rows + kRowBlock - 1) / kRowBlock; }
 
 // exp for float32 (Cephes' expf: range reduction by ln 2 and a degree-6 polynomial, ~1 ulp),
 // written so that loops over it vectorise; clamps instead of over/underflowing.
@@ -214,8 +282,8 @@ void LayerNormCompute(void* kernel, TF_OpKernelContext* context) {
   float* xhat = c.output(K, {N, D});
   float* rstd = xhat ? c.output(K + 1, {N}) : nullptr;
   if (!rstd) return;
-  ParallelFor(N, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; r++) {
+  ParallelFor(Blocks(N), [&](int64_t blk) {
+    for (int64_t r = blk * kRowBlock; r < std::min(N, (blk + 1) * kRowBlock); r++) {
       const float* xr = x.data + r * D;
       float sum = 0;
       for (int64_t d = 0; d < D; d++) sum += xr[d];
@@ -252,12 +320,12 @@ void LayerNormGradCompute(void*, TF_OpKernelContext* context) {
   for (int k = 0; k < K; k++) {
     if (!(dgamma[k] = c.output(1 + 2 * k, {D})) || !(dbeta[k] = c.output(2 + 2 * k, {D}))) return;
   }
-  const int T = static_cast<int>(std::min<int64_t>(NumThreads(), N));
-  std::vector<float> part(static_cast<size_t>(std::max(T, 1)) * 2 * K * D, 0.0f);
-  ParallelFor(N, [&](int64_t r0, int64_t r1, int w) {
+  const int64_t T = Blocks(N);
+  std::vector<float> part(static_cast<size_t>(T) * 2 * K * D, 0.0f);
+  ParallelFor(T, [&](int64_t w) {
     float* acc = part.data() + static_cast<size_t>(w) * 2 * K * D;
     std::vector<float> g(D);
-    for (int64_t r = r0; r < r1; r++) {
+    for (int64_t r = w * kRowBlock; r < std::min(N, (w + 1) * kRowBlock); r++) {
       const float* hr = xhat.data + r * D;
       for (int64_t d = 0; d < D; d++) g[d] = 0;
       for (int k = 0; k < K; k++) {
@@ -285,7 +353,7 @@ void LayerNormGradCompute(void*, TF_OpKernelContext* context) {
   for (int k = 0; k < K; k++) {
     for (int64_t d = 0; d < D; d++) {
       float sg = 0, sb = 0;
-      for (int w = 0; w < T; w++) {
+      for (int64_t w = 0; w < T; w++) {
         sg += part[(static_cast<size_t>(w) * 2 * K + 2 * k) * D + d];
         sb += part[(static_cast<size_t>(w) * 2 * K + 2 * k + 1) * D + d];
       }
@@ -308,8 +376,8 @@ void BiasGeluCompute(void*, TF_OpKernelContext* context) {
   const int64_t N = x.size / F;
   float* y = c.output(0, x.shape);
   if (!y) return;
-  ParallelFor(N, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; r++) {
+  ParallelFor(Blocks(N), [&](int64_t blk) {
+    for (int64_t r = blk * kRowBlock; r < std::min(N, (blk + 1) * kRowBlock); r++) {
       const float* xr = x.data + r * F;
       float* yr = y + r * F;
       for (int64_t j = 0; j < F; j++) {
@@ -330,11 +398,11 @@ void BiasGeluGradCompute(void*, TF_OpKernelContext* context) {
   float* dx = c.output(0, x.shape);
   float* db = dx ? c.output(1, {F}) : nullptr;
   if (!db) return;
-  const int T = static_cast<int>(std::min<int64_t>(NumThreads(), N));
-  std::vector<float> part(static_cast<size_t>(std::max(T, 1)) * F, 0.0f);
-  ParallelFor(N, [&](int64_t r0, int64_t r1, int w) {
+  const int64_t T = Blocks(N);
+  std::vector<float> part(static_cast<size_t>(T) * F, 0.0f);
+  ParallelFor(T, [&](int64_t w) {
     float* acc = part.data() + static_cast<size_t>(w) * F;
-    for (int64_t r = r0; r < r1; r++) {
+    for (int64_t r = w * kRowBlock; r < std::min(N, (w + 1) * kRowBlock); r++) {
       const float* xr = x.data + r * F;
       const float* dyr = dy.data + r * F;
       float* dxr = dx + r * F;
@@ -350,7 +418,7 @@ void BiasGeluGradCompute(void*, TF_OpKernelContext* context) {
   });
   for (int64_t j = 0; j < F; j++) {
     float s = 0;
-    for (int w = 0; w < T; w++) s += part[static_cast<size_t>(w) * F + j];
+    for (int64_t w = 0; w < T; w++) s += part[static_cast<size_t>(w) * F + j];
     db[j] = s;
   }
 }
@@ -440,10 +508,10 @@ void AttentionCompute(void* kernel, TF_OpKernelContext* context) {
   float* lse = ctx ? c.output(1, {S.B, S.H, S.T}) : nullptr;
   if (!lse) return;
   const int64_t row = 3 * S.H * S.hd;
-  ParallelFor(S.B * S.H, [&](int64_t u0, int64_t u1, int) {
+  ParallelFor(S.B * S.H, [&](int64_t u) {
     HeadBuffers hb(S);
     std::vector<float> o(S.hd);
-    for (int64_t u = u0; u < u1; u++) {
+    {
       const int64_t b = u / S.H, h = u % S.H;
       hb.load(S, qkv, qc, qs, kc, ks, b, h);
       const float sinkLogit = a.mode == 2 ? sink.data[h] : 0.0f;
@@ -492,10 +560,10 @@ void AttentionGradCompute(void* kernel, TF_OpKernelContext* context) {
   const int64_t row = 3 * S.H * S.hd;
   const int64_t crow = S.H * S.hd;
   std::vector<float> sinkPart(S.B * S.H, 0.0f);
-  ParallelFor(S.B * S.H, [&](int64_t u0, int64_t u1, int) {
+  ParallelFor(S.B * S.H, [&](int64_t u) {
     HeadBuffers hb(S);
-    std::vector<float> vt(S.hd * S.T), dq(S.T * S.hd), dk(S.T * S.hd), dv(S.T * S.hd), dp(S.T), tmp(S.hd);
-    for (int64_t u = u0; u < u1; u++) {
+    std::vector<float> vt(S.hd * S.T), dq(S.T * S.hd), dk(S.T * S.hd), dv(S.T * S.hd), dp(S.T);
+    {
       const int64_t b = u / S.H, h = u % S.H;
       hb.load(S, qkv, qc, qs, kc, ks, b, h);
       const float sinkLogit = a.mode == 2 ? sink.data[h] : 0.0f;
