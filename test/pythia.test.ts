@@ -202,6 +202,26 @@ describe('safetensors details', () => {
     expect(Array.from(back)).toEqual(Array.from(t.get('a')!.data, (v) => f16ToF32(f32ToF16(v))));
   });
 
+  it('bfloat16 and float64 tensors read as float32 (bfloat16: the top half of a float32)', () => {
+    const values = new Float32Array([1, -2.5, 3.140625, 1e-3, -0]);
+    const u32 = new Uint32Array(values.buffer);
+    const bf16 = new Uint16Array(values.length);
+    for (let i = 0; i < values.length; i++) bf16[i] = u32[i]! >>> 16;
+    const f64 = new Float64Array([0.1, 1e30]);
+    const header = JSON.stringify({
+      b: { dtype: 'BF16', shape: [5], data_offsets: [0, 10] },
+      d: { dtype: 'F64', shape: [2], data_offsets: [16, 32] },
+    });
+    const f = path.join(tmp, 'mixed.safetensors');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    fs.writeFileSync(f, Buffer.concat([len, Buffer.from(header), Buffer.from(bf16.buffer), Buffer.alloc(6), Buffer.from(f64.buffer)]));
+    const t = readSafetensors(f).tensors;
+    const top = Float32Array.from(values, (v) => new Float32Array(new Uint32Array([new Uint32Array(new Float32Array([v]).buffer)[0]! & 0xffff0000]).buffer)[0]!);
+    expect(Array.from(t.get('b')!.data)).toEqual(Array.from(top));
+    expect(Array.from(t.get('d')!.data)).toEqual([Math.fround(0.1), Math.fround(1e30)]);
+  });
+
   it('a sharded checkpoint (model.safetensors.index.json) loads as the single file does', async () => {
     const dir = path.join(tmp, 'sharded');
     fs.mkdirSync(dir);
