@@ -46,6 +46,7 @@ export function hostStepBytes(c: NeoXConfig, keys: number, batch = 1): number {
 
 interface Kernels {
   matvec(x: number, w: number, stride: number, b: number, bias: number, y: number, n: number, m: number): void;
+  matrows(x: number, rows: number, w: number, b: number, bias: number, y: number, n: number, m: number): void;
   wsum(p: number, v: number, stride: number, out: number, n: number, m: number): void;
 }
 
@@ -131,6 +132,14 @@ export class HostMemory {
   /** y[o] = b[o] + x . w[o * stride .. + n) for o < m (b = 0: no bias). */
   matvec(x: number, w: number, stride: number, b: number, y: number, n: number, m: number): void {
     this.kernels.matvec(x, w, stride, b, b === 0 ? 0 : 1, y, n, m);
+  }
+
+  /**
+   * matvec over `rows` inputs x[r * n ..] into y[r * m ..], each weight row read once for
+   * all of them (weights [m, n], stride n); bit for bit what `rows` matvec calls give.
+   */
+  matrows(x: number, rows: number, w: number, b: number, y: number, n: number, m: number): void {
+    this.kernels.matrows(x, rows, w, b, b === 0 ? 0 : 1, y, n, m);
   }
 
   /** out[0..n) = sum over j < m of p[j] * v[j * stride .. + n). */

@@ -184,9 +184,10 @@ export class HostStep {
     return at;
   }
 
-  /** y = x W^T + b for `rows` rows, all in host memory. */
+  /** y = x W^T + b for `rows` rows, all in host memory; the weights are read once for all rows. */
   private linear(l: HostLinear, x: number, y: number, rows: number): void {
-    for (let r = 0; r < rows; r++) this.mem.matvec(x + r * l.cols * 4, l.w, l.cols, l.b, y + r * l.rows * 4, l.cols, l.rows);
+    if (rows === 1) this.mem.matvec(x, l.w, l.cols, l.b, y, l.cols, l.rows);
+    else this.mem.matrows(x, rows, l.w, l.b, y, l.cols, l.rows);
   }
 
   /**

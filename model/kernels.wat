@@ -47,6 +47,102 @@
       (local.set $o (i32.add (local.get $o) (i32.const 1)))
       (br $l))))
 
+;; $dot of one weight row w[0..n) with four inputs at once, stored (plus bv when $bias) at
+  ;; y0..y3. Four independent sums: the weights are loaded once, and the adds of one sum do
+  ;; not wait on another's. Each sum takes $dot's lanes, order and tail, so it equals $dot's
+  ;; bit for bit.
+  (func $dot4 (param $x0 i32) (param $x1 i32) (param $x2 i32) (param $x3 i32) (param $w i32) (param $n i32)
+              (param $bias i32) (param $bv f32) (param $y0 i32) (param $y1 i32) (param $y2 i32) (param $y3 i32)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $wv v128)
+    (local $i i32) (local $end4 i32) (local $wf f32)
+    (local $s0 f32) (local $s1 f32) (local $s2 f32) (local $s3 f32)
+    (local.set $end4 (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
+    (local.set $a0 (v128.const f32x4 0 0 0 0))
+    (local.set $a1 (v128.const f32x4 0 0 0 0))
+    (local.set $a2 (v128.const f32x4 0 0 0 0))
+    (local.set $a3 (v128.const f32x4 0 0 0 0))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (local.get $end4)))
+      (local.set $wv (v128.load (i32.add (local.get $w) (local.get $i))))
+      (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (v128.load (i32.add (local.get $x0) (local.get $i))) (local.get $wv))))
+      (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (v128.load (i32.add (local.get $x1) (local.get $i))) (local.get $wv))))
+      (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (v128.load (i32.add (local.get $x2) (local.get $i))) (local.get $wv))))
+      (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (v128.load (i32.add (local.get $x3) (local.get $i))) (local.get $wv))))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l)))
+    (local.set $s0 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a0)) (f32x4.extract_lane 1 (local.get $a0)))
+                            (f32.add (f32x4.extract_lane 2 (local.get $a0)) (f32x4.extract_lane 3 (local.get $a0)))))
+    (local.set $s1 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a1)) (f32x4.extract_lane 1 (local.get $a1)))
+                            (f32.add (f32x4.extract_lane 2 (local.get $a1)) (f32x4.extract_lane 3 (local.get $a1)))))
+    (local.set $s2 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a2)) (f32x4.extract_lane 1 (local.get $a2)))
+                            (f32.add (f32x4.extract_lane 2 (local.get $a2)) (f32x4.extract_lane 3 (local.get $a2)))))
+    (local.set $s3 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a3)) (f32x4.extract_lane 1 (local.get $a3)))
+                            (f32.add (f32x4.extract_lane 2 (local.get $a3)) (f32x4.extract_lane 3 (local.get $a3)))))
+    (block $d2 (loop $l2
+      (br_if $d2 (i32.ge_u (local.get $i) (i32.shl (local.get $n) (i32.const 2))))
+      (local.set $wf (f32.load (i32.add (local.get $w) (local.get $i))))
+      (local.set $s0 (f32.add (local.get $s0) (f32.mul (f32.load (i32.add (local.get $x0) (local.get $i))) (local.get $wf))))
+      (local.set $s1 (f32.add (local.get $s1) (f32.mul (f32.load (i32.add (local.get $x1) (local.get $i))) (local.get $wf))))
+      (local.set $s2 (f32.add (local.get $s2) (f32.mul (f32.load (i32.add (local.get $x2) (local.get $i))) (local.get $wf))))
+      (local.set $s3 (f32.add (local.get $s3) (f32.mul (f32.load (i32.add (local.get $x3) (local.get $i))) (local.get $wf))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l2)))
+    (if (local.get $bias)
+      (then
+        (local.set $s0 (f32.add (local.get $s0) (local.get $bv)))
+        (local.set $s1 (f32.add (local.get $s1) (local.get $bv)))
+        (local.set $s2 (f32.add (local.get $s2) (local.get $bv)))
+        (local.set $s3 (f32.add (local.get $s3) (local.get $bv)))))
+    (f32.store (local.get $y0) (local.get $s0))
+    (f32.store (local.get $y1) (local.get $s1))
+    (f32.store (local.get $y2) (local.get $s2))
+    (f32.store (local.get $y3) (local.get $s3)))
+
+  ;; matvec for `rows` inputs at once: y[r * m + o] = (bias ? b[o] : 0) + dot(x[r * n ..], w[o * n ..])
+  ;; for r < rows, o < m. Each weight row is read once for four inputs ($dot4), so a batched
+  ;; or multi-token step does not pay the weights' memory traffic once per row; each sum is
+  ;; the one matvec makes, bit for bit.
+  (func (export "matrows") (param $x i32) (param $rows i32) (param $w i32) (param $b i32) (param $bias i32)
+                           (param $y i32) (param $n i32) (param $m i32)
+    (local $o i32) (local $r i32) (local $s f32) (local $bv f32) (local $rowBytes i32) (local $outBytes i32)
+    (local $xr i32) (local $yr i32)
+    (local.set $rowBytes (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $outBytes (i32.shl (local.get $m) (i32.const 2)))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $o) (local.get $m)))
+      (if (local.get $bias)
+        (then (local.set $bv (f32.load (i32.add (local.get $b) (i32.shl (local.get $o) (i32.const 2)))))))
+      (local.set $r (i32.const 0))
+      (block $d4 (loop $l4
+        (br_if $d4 (i32.gt_u (i32.add (local.get $r) (i32.const 4)) (local.get $rows)))
+        (local.set $xr (i32.add (local.get $x) (i32.mul (local.get $r) (local.get $rowBytes))))
+        (local.set $yr (i32.add (i32.add (local.get $y) (i32.mul (local.get $r) (local.get $outBytes))) (i32.shl (local.get $o) (i32.const 2))))
+        (call $dot4
+          (local.get $xr)
+          (i32.add (local.get $xr) (local.get $rowBytes))
+          (i32.add (local.get $xr) (i32.shl (local.get $rowBytes) (i32.const 1)))
+          (i32.add (local.get $xr) (i32.mul (local.get $rowBytes) (i32.const 3)))
+          (local.get $w) (local.get $n) (local.get $bias) (local.get $bv)
+          (local.get $yr)
+          (i32.add (local.get $yr) (local.get $outBytes))
+          (i32.add (local.get $yr) (i32.shl (local.get $outBytes) (i32.const 1)))
+          (i32.add (local.get $yr) (i32.mul (local.get $outBytes) (i32.const 3))))
+        (local.set $r (i32.add (local.get $r) (i32.const 4)))
+        (br $l4)))
+      (block $dr (loop $lr
+        (br_if $dr (i32.ge_u (local.get $r) (local.get $rows)))
+        (local.set $s (call $dot (i32.add (local.get $x) (i32.mul (local.get $r) (local.get $rowBytes))) (local.get $w) (local.get $n)))
+        (if (local.get $bias)
+          (then (local.set $s (f32.add (local.get $s) (local.get $bv)))))
+        (f32.store
+          (i32.add (i32.add (local.get $y) (i32.mul (local.get $r) (local.get $outBytes))) (i32.shl (local.get $o) (i32.const 2)))
+          (local.get $s))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $lr)))
+      (local.set $w (i32.add (local.get $w) (local.get $rowBytes)))
+      (local.set $o (i32.add (local.get $o) (i32.const 1)))
+      (br $l))))
+
   ;; out[0..n) = sum over j < m of p[j] * v[j * stride .. j * stride + n): attention's weighted sum.
   (func (export "wsum") (param $p i32) (param $v i32) (param $stride i32) (param $out i32) (param $n i32) (param $m i32)
     (local $j i32) (local $i i32) (local $end4 i32) (local $pj f32) (local $pv v128) (local $rowBytes i32) (local $nBytes i32)

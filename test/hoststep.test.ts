@@ -171,6 +171,25 @@ describe('host memory and kernels', () => {
     }
   });
 
+  it('matrows (several inputs, each weight row read once) equals matvec row by row, bit for bit', () => {
+    const mem = new HostMemory();
+    let seed = 7;
+    const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+    for (const [n, m, rows] of [[16, 5, 3], [13, 7, 4], [3, 4, 2], [768, 9, 5]] as const) {
+      const [x, w, b, y, y1] = [mem.alloc(rows * n), mem.alloc(m * n), mem.alloc(m), mem.alloc(rows * m), mem.alloc(m)];
+      mem.f32(x, rows * n).set(Float32Array.from({ length: rows * n }, rnd));
+      mem.f32(w, m * n).set(Float32Array.from({ length: m * n }, rnd));
+      mem.f32(b, m).set(Float32Array.from({ length: m }, rnd));
+      for (const bias of [b, 0]) {
+        mem.matrows(x, rows, w, bias, y, n, m);
+        for (let r = 0; r < rows; r++) {
+          mem.matvec(x + r * n * 4, w, n, bias, y1, n, m);
+          expect(Array.from(mem.f32(y + r * m * 4, m)), `n ${n} m ${m} row ${r}`).toEqual(Array.from(mem.f32(y1, m)));
+        }
+      }
+    }
+  });
+
   it('blocks are zeroed, reused after release, and memory returns to where it was', () => {
     const mem = new HostMemory();
     const a = mem.alloc(10);
