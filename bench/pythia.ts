@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { SinkCache } from '../infer/cache/sinks.js';
+import { SinkCache, type SinkWindow } from '../infer/cache/sinks.js';
 import { decodePath, hostStepTooBig, stepOn, type DecodePath } from '../infer/policy.js';
 import { readCheckpointConfig, readCheckpointWeights } from '../model/checkpoint.js';
 import { fromHFConfig, headDim, type NeoXConfig } from '../model/config.js';
@@ -125,19 +125,27 @@ export interface StepTiming {
   rss_mb: number;
 }
 
-/** ms/token of the cached step on one path, at a full S+W cache (every timed token evicts one). */
-export function timeStep(model: GPTNeoX, decode: DecodePath, sinks: number, window: number, tokens: number, warmup = 2): StepTiming {
+/**
+ * ms/token of the cached step on one path, at full S+W caches (every timed token evicts
+ * one). Several streams of one capacity step as one batch, as validate's grid does.
+ */
+export function timeStep(model: GPTNeoX, decode: DecodePath, streams: SinkWindow[], tokens: number, warmup = 2): StepTiming {
   const c = model.config;
-  const cache = new SinkCache(sinks, window, { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) });
+  const B = streams.length;
+  const cache = new SinkCache(streams, 0, { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) });
   let s = 12345;
   const rand = () => (s = (s * 1103515245 + 12345) % 2147483648) % c.vocab_size;
+  // The same tokens in every stream, stream-major, as makeSinkBatch feeds them.
+  const batch = (ids: number[]) => Array.from({ length: B }, () => ids).flat();
   try {
     const t0 = performance.now();
-    const cap = sinks + window;
-    for (let at = 0; at < cap; at += 128) stepOn(decode, model, Array.from({ length: Math.min(128, cap - at) }, rand), cache).dispose();
+    const cap = cache.capacity;
+    // A batched SinkCache takes one token at a time; a single stream takes chunks until full.
+    const chunk = B > 1 ? 1 : 128;
+    for (let at = 0; at < cap; at += chunk) stepOn(decode, model, batch(Array.from({ length: Math.min(chunk, cap - at) }, rand)), cache).dispose();
     const fill = (performance.now() - t0) / 1000;
     const one = () => {
-      const logits = stepOn(decode, model, [rand()], cache);
+      const logits = stepOn(decode, model, batch([rand()]), cache);
       logits.dataSync();
       logits.dispose();
     };
@@ -150,7 +158,7 @@ export function timeStep(model: GPTNeoX, decode: DecodePath, sinks: number, wind
     }
     return {
       decode,
-      cache: `${sinks}+${window}`,
+      cache: streams.map((x) => `${x.sinks}+${x.window}`).join(','),
       fill_s: fill,
       tokens,
       ms_per_token: ms.reduce((a, b) => a + b, 0) / ms.length,
@@ -199,6 +207,8 @@ export interface PythiaBenchOptions {
   window: number;
   tokens: number;
   paths: DecodePath[];
+  /** Paths to time validate's grid on: its four caches of one capacity stepped as one batch. */
+  grid?: DecodePath[];
   log?: (line: string) => void;
 }
 
@@ -247,12 +257,16 @@ export async function benchPythia(o: PythiaBenchOptions): Promise<PythiaBenchRes
     const auto = decodePath(model, keys);
     const steps: StepTiming[] = [];
     try {
-      for (const p of o.paths) {
-        log(`bench pythia: ${p} step at ${o.sinks}+${o.window}: filling the cache, then ${o.tokens} timed tokens`);
-        const r = timeStep(model, p, o.sinks, o.window, o.tokens);
-        log(`bench pythia: ${p} step: ${r.ms_median.toFixed(1)} ms/token (median; mean ${r.ms_per_token.toFixed(1)}), cache filled in ${r.fill_s.toFixed(1)} s, rss ${r.rss_mb.toFixed(0)} MB`);
+      // One stream on each path, then validate's grid (0+C, 1+(C-1), 2+(C-2), 4+(C-4)) batched.
+      const runs: [DecodePath, SinkWindow[]][] = o.paths.map((p) => [p, [{ sinks: o.sinks, window: o.window }]]);
+      if (o.grid) for (const p of o.grid) runs.push([p, [0, 1, 2, 4].map((k) => ({ sinks: k, window: keys - k }))]);
+      for (const [p, streams] of runs) {
+        const what = streams.length > 1 ? `${streams.length} streams batched` : `${o.sinks}+${o.window}`;
+        log(`bench pythia: ${p} step, ${what}: filling the cache, then ${o.tokens} timed tokens`);
+        const r = timeStep(model, p, streams, o.tokens);
+        log(`bench pythia: ${p} step, ${what}: ${r.ms_median.toFixed(1)} ms/token (median; mean ${r.ms_per_token.toFixed(1)}), cache filled in ${r.fill_s.toFixed(1)} s, rss ${r.rss_mb.toFixed(0)} MB`);
         steps.push(r);
-        // Each path is measured with only its own memory.
+        // Each run is measured with only its own memory.
         releaseHostStep(model);
       }
     } finally {
@@ -283,10 +297,10 @@ export function formatPythiaBench(r: PythiaBenchResult): string {
     `sinklm bench pythia  [backend ${r.backend}, ${r.threads} threads, load average ${r.loadavg_start.toFixed(2)} at start, ${r.loadavg.toFixed(2)} at end]`,
     `model: ${r.model.shape}; ${r.model.params_m.toFixed(1)}M parameters, random float16 weights, ${r.model.file_mb.toFixed(0)} MB of safetensors (written in ${r.build_s.toFixed(1)} s)`,
     `load: ${r.load.total_s.toFixed(2)} s (read + float16 -> float32 ${r.load.read_s.toFixed(2)} s, tensors ${r.load.tensors_s.toFixed(2)} s); rss ${r.load.rss_before_mb.toFixed(0)} -> ${r.load.rss_after_mb.toFixed(0)} MB`,
-    `step        cache     ms/token  median  cache fill s  host MB  rss MB`,
+    `step    cache(s)                            ms/token  median  cache fill s  host MB  rss MB`,
   ];
   for (const s of r.steps) {
-    out.push(`${s.decode.padEnd(10)} ${s.cache.padStart(7)} ${s.ms_per_token.toFixed(1).padStart(11)} ${s.ms_median.toFixed(1).padStart(7)} ${s.fill_s.toFixed(1).padStart(13)} ${s.host_mb.toFixed(0).padStart(8)} ${s.rss_mb.toFixed(0).padStart(7)}`);
+    out.push(`${s.decode.padEnd(7)} ${s.cache.padEnd(33)} ${s.ms_per_token.toFixed(1).padStart(11)} ${s.ms_median.toFixed(1).padStart(7)} ${s.fill_s.toFixed(1).padStart(13)} ${s.host_mb.toFixed(0).padStart(8)} ${s.rss_mb.toFixed(0).padStart(7)}`);
   }
   const h = r.host_step;
   out.push(`host step of this model at this cache: ${h.need_mb.toFixed(0)} MB of WebAssembly memory (budget ${h.budget_mb} MB of the ${h.wasm_max_mb} MB maximum): ${h.fits ? 'fits' : 'does not fit'}; streaming picks the ${h.auto} step by itself`);

@@ -307,10 +307,12 @@ describe('bench pythia (a small shape: the real one is 310 MB)', () => {
     try {
       expect(model.config).toMatchObject({ sink_mode: 'none', rotary_pct: 0.25, max_position_embeddings: 2048 });
       for (const d of ['host', 'tensor'] as const) {
-        const r = timeStep(model, d, 4, 28, 3, 1);
+        const r = timeStep(model, d, [{ sinks: 4, window: 28 }], 3, 1);
         expect(r).toMatchObject({ decode: d, cache: '4+28', tokens: 3 });
         expect(r.ms_per_token).toBeGreaterThan(0);
       }
+      const grid = timeStep(model, 'host', [0, 1, 2, 4].map((k) => ({ sinks: k, window: 32 - k })), 2, 1);
+      expect(grid.cache).toBe('0+32,1+31,2+30,4+28');
     } finally {
       model.dispose();
     }

@@ -277,6 +277,7 @@ interface PythiaArgs extends GlobalArgs {
   cache: string;
   tokens: number;
   paths: string;
+  grid: string;
   out?: string;
   json: boolean;
 }
@@ -290,6 +291,7 @@ const pythiaSub: CommandModule<GlobalArgs, PythiaArgs> = {
         .option('cache', { type: 'string', default: '4+1020', describe: 'S+W of the timed sinks cache (filled before timing)' })
         .option('tokens', { type: 'number', default: 16, describe: 'timed tokens per step' })
         .option('paths', { type: 'string', default: 'host,tensor', describe: 'comma-separated decode paths to time: host, tensor' })
+        .option('grid', { type: 'string', default: 'host', describe: "decode paths to time validate's grid on (its 4 caches of one capacity as one batch); '' for none" })
         .option('out', { type: 'string', describe: 'keep the checkpoint in this folder (default: a temporary one, removed)' }),
     ),
   handler: (args) =>
@@ -297,13 +299,19 @@ const pythiaSub: CommandModule<GlobalArgs, PythiaArgs> = {
       positiveInt(args.tokens, '--tokens');
       const spec = parseCache(args.cache, '--cache');
       checkCache(spec, 'sinks', 2048, '--cache');
-      const paths = args.paths.split(',').map((p) => {
-        const d = p.trim() as DecodePath;
-        if (!DECODE_PATHS.includes(d)) throw new UserError(`"${p}" is not a decode path; choose from ${DECODE_PATHS.join(', ')}`, { field: '--paths' });
-        return d;
-      });
+      const pathList = (text: string, field: string) =>
+        text
+          .split(',')
+          .filter((p) => p.trim() !== '')
+          .map((p) => {
+            const d = p.trim() as DecodePath;
+            if (!DECODE_PATHS.includes(d)) throw new UserError(`"${p}" is not a decode path; choose from ${DECODE_PATHS.join(', ')}`, { field });
+            return d;
+          });
+      const paths = pathList(args.paths, '--paths');
+      const grid = pathList(args.grid, '--grid');
       if (args.out) checkOutputPath(args.out, 'folder', '--out');
-      const r = await benchPythia({ dir: args.out, sinks: spec.sinks, window: spec.window, tokens: args.tokens, paths, log });
+      const r = await benchPythia({ dir: args.out, sinks: spec.sinks, window: spec.window, tokens: args.tokens, paths, grid, log });
       if (args.json) return printJson(r);
       process.stdout.write(formatPythiaBench(r) + '\n');
     }),
