@@ -131,6 +131,25 @@ function sinkStats(name: string, ck: LoadedCheckpoint, a: AttentionStats): Model
   };
 }
 
+/** Parameters of a GPT-NeoX config, near enough for a cost estimate. */
+function approxParams(c: { hidden_size: number; num_hidden_layers: number; vocab_size: number; intermediate_size: number }): number {
+  const d = c.hidden_size;
+  return c.num_hidden_layers * (4 * d * d + 2 * d * c.intermediate_size) + 2 * c.vocab_size * d;
+}
+
+/**
+ * Recompute re-runs W tokens for every token: about 2 x params x W flops each. Run it over
+ * RECOMPUTE_TOKENS while that stays under ~1e12 flops (a minute or two on 2 cores), fewer
+ * when the model is larger, not at all below 16 tokens (Pythia-160M at W = 1024).
+ */
+function affordableRecompute(spec: GridSpec, params: number, log?: (l: string) => void): number {
+  const perToken = 2 * params * spec.window;
+  const n = Math.min(RECOMPUTE_TOKENS, spec.maxTokens, Math.floor(1e12 / perToken));
+  if (n >= 16) return n;
+  log?.(`validate: recompute skipped (about ${(perToken / 1e9).toFixed(0)} GFLOP per token at W = ${spec.window}; --recompute-tokens N runs it anyway)`);
+  return 0;
+}
+
 interface RunOptions {
   progress?: boolean;
   log?: (l: string) => void;
@@ -141,9 +160,10 @@ interface RunOptions {
 /** The grid, references, sink statistics and verdicts of some models on one text. */
 async function run(models: GridModel[], text: string, textFile: string, spec: GridSpec, opts: RunOptions) {
   const started = performance.now();
-  const contexts = models.map((m) => readCheckpointConfig(m.dir).max_position_embeddings);
+  const configs = models.map((m) => readCheckpointConfig(m.dir));
+  const contexts = configs.map((c) => c.max_position_embeddings);
   const stats: ModelSinkStats[] = [];
-  const recompute = opts.recomputeTokens ?? Math.min(RECOMPUTE_TOKENS, spec.maxTokens);
+  const recompute = opts.recomputeTokens ?? affordableRecompute(spec, Math.max(...configs.map(approxParams)), opts.log);
   const context = Math.min(...contexts);
   const { grid, curves } = await evaluateGrid(models, text, spec, {
     progress: opts.progress,
