@@ -7,6 +7,11 @@ import { UserError } from './errors.js';
  * write to a temporary name beside it, fsync, rename over.
  */
 export function writeFileAtomic(file: string, data: string | Uint8Array): void {
+  writeFileAtomicFrom(file, (write) => write(typeof data === 'string' ? Buffer.from(data) : data));
+}
+
+/** writeFileAtomic for content produced in pieces (e.g. a large checkpoint, tensor by tensor). */
+export function writeFileAtomicFrom(file: string, body: (write: (bytes: Uint8Array) => void) => void): void {
   const dir = path.dirname(file);
   makeDirs(dir);
   // A folder at `file` would put the temp file beside it, in the folder's parent.
@@ -15,7 +20,7 @@ export function writeFileAtomic(file: string, data: string | Uint8Array): void {
   const fd = fs.openSync(tmp, 'w');
   try {
     try {
-      writeAll(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      body((bytes) => writeAll(fd, bytes));
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);

@@ -9,9 +9,8 @@
  * of float32, and only one copy of it should be alive.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { UserError } from '../core/errors.js';
-import { fsyncDir, makeDirs, writeAll } from '../core/fsutil.js';
+import { writeFileAtomicFrom } from '../core/fsutil.js';
 
 export interface NamedArray {
   shape: number[];
@@ -257,26 +256,4 @@ export function writeSafetensorsFrom(
       }
     });
   });
-}
-
-/** writeFileAtomic (temporary name, fsync, rename) for content written in pieces. */
-function writeFileAtomicFrom(file: string, body: (write: (bytes: Uint8Array) => void) => void): void {
-  const dir = path.dirname(file);
-  makeDirs(dir);
-  if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new UserError('is a folder; give a file name', { file });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    try {
-      body((bytes) => writeAll(fd, bytes));
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fsyncDir(dir);
 }
