@@ -79,6 +79,16 @@ describe('resumed runs', () => {
     expect(got.filter(([f]) => f === 0).map(([, s]) => s)).toEqual([0, 1, 2, 3, 4]);
   });
 
+  it("the restart marker is event.proto's session_log (field 7) with status START, not the deprecated log_message (6)", () => {
+    const dir = path.join(tmp, 'marker');
+    resumedRun(dir, false);
+    const second = fs.readdirSync(dir).filter((f) => f.includes('tfevents')).sort()[1]!;
+    const bytes = fs.readFileSync(path.join(dir, second));
+    // Event field 7, length-delimited (7 << 3 | 2 = 0x3a), 2 bytes: SessionLog field 1 = START (1).
+    expect(bytes.includes(Buffer.from([0x3a, 0x02, 0x08, 0x01]))).toBe(true);
+    expect(bytes.includes(Buffer.from([0x32, 0x02, 0x08, 0x01]))).toBe(false);
+  });
+
   it('without dropping, the files overlap (what the check above guards against)', () => {
     const dir = path.join(tmp, 'overlap-kept');
     resumedRun(dir, false);

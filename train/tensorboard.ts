@@ -31,7 +31,8 @@ message Event {
   oneof what {
     string file_version = 3;
     Summary summary = 5;
-    SessionLog session_log = 6;
+    // 6 is the deprecated LogMessage: TensorBoard would read a START marker there as a log line.
+    SessionLog session_log = 7;
   }
 }
 message SessionLog {
