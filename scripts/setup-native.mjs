@@ -7,7 +7,7 @@
 //   3. a TensorFlow CPU wheel fetched by name with pip (local pip config locations first),
 // puts it into node_modules/@tensorflow/tfjs-node/deps, and compiles the addon from source.
 // Then it compiles sinklm's own TensorFlow ops (native/sinklm_ops.cc) against the same
-// library into sinklm_ops.node beside the addon (see buildOps below).
+// library into sinklm_ops.node beside the addon (scripts/native-ops.mjs).
 //
 // The wheel fetched (3) or taken from the cache is pinned to TensorFlow TF_VERSION below, so
 // the native backend does not change under a user with each TensorFlow release; set
@@ -20,63 +20,30 @@
 //
 // Plain Node ESM with built-ins only: it runs before anything is compiled.
 
-import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-
-const TAG = 'sinklm setup-native:';
-const FORCE = process.argv.includes('--force');
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CPU_PKG = '@tensorflow/tfjs-node';
-const GPU_PKG = '@tensorflow/tfjs-node-gpu';
-const WHEEL_PROJECT = 'tensorflow-cpu';
-/** The TensorFlow release the addon is built against (numerics and kernels are measured on it). */
-const TF_VERSION = process.env.SINKLM_TF_VERSION || '2.21.0';
-const T0 = Date.now();
-
-const secs = () => `${((Date.now() - T0) / 1000).toFixed(1)} s`;
-const log = (msg) => console.log(`${TAG} ${msg}`);
-
-/** A failure with what went wrong (message), supporting lines (detail) and a specific hint. */
-class SetupError extends Error {
-  constructor(message, { detail = [], hint } = {}) {
-    super(message);
-    this.detail = detail;
-    this.hint = hint;
-  }
-}
-
-function cacheDir() {
-  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
-  return path.join(base, 'sinklm');
-}
-
-/** Last `n` non-empty lines of a process's output, indented, for error reports. */
-function tail(text, n = 25) {
-  return String(text ?? '')
-    .split('\n')
-    .filter((l) => l.trim())
-    .slice(-n)
-    .map((l) => `    ${l}`);
-}
-
-function run(cmd, args, opts = {}) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20, ...opts });
-  return { ...r, output: `${r.stdout ?? ''}${r.stderr ?? ''}` };
-}
-
-function findPackage(name) {
-  const req = createRequire(path.join(ROOT, 'package.json'));
-  try {
-    return path.dirname(req.resolve(`${name}/package.json`));
-  } catch {
-    return undefined;
-  }
-}
+import {
+  addonPath,
+  cacheDir,
+  CPU_PKG,
+  findPackage,
+  findPython,
+  FORCE,
+  GPU_PKG,
+  log,
+  ROOT,
+  run,
+  secs,
+  SetupError,
+  tail,
+  TAG,
+  TF_VERSION,
+  WHEEL_PROJECT,
+} from './native-common.mjs';
+import { buildOps, explainOps } from './native-ops.mjs';
 
 // ---------------------------------------------------------------------------------------------
 // Probing: does the package load, in a child process (a failed dlopen must not taint us)?
@@ -158,13 +125,6 @@ function cachedWheels(dir) {
     .map((n) => path.join(dir, n));
 }
 
-function findPython() {
-  for (const py of ['python3', 'python']) {
-    const r = run(py, ['--version']);
-    if (r.status === 0) return py;
-  }
-  return undefined;
-}
 
 /**
  * Local package locations from pip's own configuration (files and PIP_* env vars), usable
@@ -447,14 +407,6 @@ function populateDeps(pkgDir, lib) {
   log(`deps/ populated in ${path.relative(ROOT, pkgDir) || pkgDir} (libraries ${how})`);
 }
 
-/** Where node-pre-gyp puts and finds the addon: binary.module_path with the best N-API version. */
-function addonPath(pkgDir) {
-  const pj = JSON.parse(fs.readFileSync(path.join(pkgDir, 'package.json'), 'utf8'));
-  const own = Number(process.versions.napi);
-  const napi = Math.max(...(pj.binary?.napi_versions ?? [own]).filter((v) => v <= own));
-  const modulePath = (pj.binary?.module_path ?? './lib/napi-v{napi_build_version}').replace('{napi_build_version}', String(napi));
-  return path.join(pkgDir, modulePath, `${pj.binary?.module_name ?? 'tfjs_binding'}.node`);
-}
 
 function checkBuildTools() {
   const missing = [];
@@ -545,169 +497,6 @@ function saveAddon(pkgDir, cached) {
   }
 }
 
-
-// ---------------------------------------------------------------------------------------------
-// sinklm's own TensorFlow ops (native/sinklm_ops.cc): an N-API module beside the addon, built
-// against the same libtensorflow_framework and the wheel's C kernel API headers, with
-// -O3 -march=native (the build happens on the machine that runs it) and, when that fails to
-// compile or load, a portable -O3 build. Cached per source, library, Node, CPU and flags.
-// A failure only means sinklm runs without them (`sinklm doctor` says so).
-
-const OPS_SRC = path.join(ROOT, 'native', 'sinklm_ops.cc');
-const OPS_NAME = 'sinklm_ops.node';
-/** A header kernels.h includes that extractions made before the op library did not keep. */
-const OPS_EXTRA_HEADERS = 'tensorflow/core/common_runtime/next_pluggable_device/c/';
-// -fno-math-errno -fno-trapping-math change no value (errno and FP-exception flags only) but
-// let the exp/erf loops vectorise (floor becomes one instruction).
-const OPS_FLAGS = [
-  { name: 'native', flags: ['-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math'] },
-  { name: 'portable', flags: ['-O3', '-fno-math-errno', '-fno-trapping-math'] },
-];
-
-/** The C headers the op library needs, in deps/include; pulls the missing ones from the wheel. */
-function opsIncludeDir(pkgDir) {
-  const inc = path.join(pkgDir, 'deps', 'include');
-  if (!fs.existsSync(path.join(inc, 'tensorflow', 'c', 'kernels.h'))) {
-    throw new SetupError('the TensorFlow C library in use has no tensorflow/c/kernels.h (the C kernel API)');
-  }
-  if (fs.existsSync(path.join(inc, OPS_EXTRA_HEADERS, 'tf_rendezvous_c_api.h'))) return inc;
-  let source;
-  try {
-    source = JSON.parse(fs.readFileSync(path.join(pkgDir, 'deps', 'sinklm-source.json'), 'utf8')).source;
-  } catch {
-    /* below */
-  }
-  const py = findPython();
-  if (!source?.endsWith('.whl') || !fs.existsSync(source) || !py) {
-    throw new SetupError(`tensorflow/c/kernels.h needs ${OPS_EXTRA_HEADERS}*.h, which deps/include lacks and no wheel is at hand to supply`, {
-      hint: 'npm run setup-native rebuilds deps/ from the wheel',
-    });
-  }
-  const code = `
-import os, sys, zipfile
-pre = 'tensorflow/include/'
-with zipfile.ZipFile(sys.argv[1]) as z:
-    for n in z.namelist():
-        if n.startswith(pre + sys.argv[3]) and n.endswith('.h'):
-            d = os.path.join(sys.argv[2], n[len(pre):])
-            os.makedirs(os.path.dirname(d), exist_ok=True)
-            with open(d, 'wb') as f:
-                f.write(z.read(n))
-`;
-  const r = run(py, ['-c', code, source, inc, OPS_EXTRA_HEADERS], { timeout: 120_000 });
-  if (r.status !== 0) throw new SetupError('could not take the kernel API headers from the wheel', { detail: tail(r.output, 6) });
-  return inc;
-}
-
-function nodeIncludeDir() {
-  const cands = [];
-  if (process.env.npm_config_nodedir) cands.push(path.join(process.env.npm_config_nodedir, 'include', 'node'));
-  cands.push(path.join(path.resolve(path.dirname(process.execPath), '..'), 'include', 'node'));
-  const gyp = path.join(os.homedir(), '.cache', 'node-gyp', process.versions.node, 'include', 'node');
-  cands.push(gyp);
-  const found = cands.find((d) => fs.existsSync(path.join(d, 'node_api.h')));
-  if (!found) throw new SetupError('Node headers (node_api.h) not found', { hint: 'set npm config nodedir, or install the Node headers' });
-  return found;
-}
-
-/** What -march=native means here: the CPU model and its flags. */
-function cpuSignature() {
-  try {
-    const info = fs.readFileSync('/proc/cpuinfo', 'utf8');
-    const first = (key) => new RegExp(`^${key}\\s*:\\s*(.*)$`, 'm').exec(info)?.[1] ?? '';
-    return `${first('model name')}|${first('flags')}`;
-  } catch {
-    return os.cpus()[0]?.model ?? '';
-  }
-}
-
-/** In a child process: tfjs-node, then the op library, then one op checked against its formula. */
-function probeOps(pkgDir, lib) {
-  const code = `
-    try {
-      const tf = require(${JSON.stringify(pkgDir)});
-      const m = require(${JSON.stringify(lib)});
-      if (m.error) throw new Error(m.error);
-      const be = tf.backend();
-      const y = be.executeMultipleOutputs('SinklmBiasGelu', [], [tf.tensor2d([[-1, 0, 2]]), tf.tensor1d([0, 0, 0])], 1)[0].dataSync();
-      const want = [-0.15865525, 0, 1.95449974];
-      if (want.some((w, i) => Math.abs(y[i] - w) > 1e-5)) throw new Error('SinklmBiasGelu computed ' + Array.from(y));
-      process.stdout.write(JSON.stringify({ ok: true, ops: m.ops.length, build: m.build }));
-    } catch (e) {
-      process.stdout.write(JSON.stringify({ ok: false, error: String(e && e.message || e).split('\\n')[0] }));
-    }`;
-  const r = run(process.execPath, ['-e', code], { cwd: ROOT, timeout: 180_000, env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2' } });
-  const out = String(r.stdout ?? '');
-  try {
-    return JSON.parse(out.slice(out.lastIndexOf('{"ok":')));
-  } catch {
-    return { ok: false, error: `loading crashed (${r.signal ?? `exit code ${r.status}`})` };
-  }
-}
-
-function buildOps(pkgDir) {
-  if (!fs.existsSync(OPS_SRC)) return;
-  const target = path.join(path.dirname(addonPath(pkgDir)), OPS_NAME);
-  const libDir = path.join(pkgDir, 'deps', 'lib');
-  const fw = path.join(libDir, 'libtensorflow_framework.so.2');
-  const st = fs.statSync(fw);
-  const key = createHash('sha256')
-    .update(JSON.stringify([fs.readFileSync(OPS_SRC, 'utf8'), OPS_FLAGS, fs.realpathSync(fw), st.size, Math.round(st.mtimeMs), process.arch, process.versions.modules, cpuSignature()]))
-    .digest('hex')
-    .slice(0, 20);
-  const cached = path.join(cacheDir(), 'addons', `sinklm-ops-${key}`, OPS_NAME);
-  fs.mkdirSync(path.dirname(target), { recursive: true });
-  if (!FORCE && fs.existsSync(cached)) {
-    fs.copyFileSync(cached, target);
-    const p = probeOps(pkgDir, target);
-    if (p.ok) return log(`sinklm ops ready (${p.ops} ops, cached build, ${p.build}) (${secs()})`);
-    log(`the cached sinklm ops do not load (${p.error}); compiling instead`);
-  }
-  const inc = opsIncludeDir(pkgDir);
-  const nodeInc = nodeIncludeDir();
-  const cxx = process.env.CXX || 'g++';
-  const failures = [];
-  for (const { name, flags } of OPS_FLAGS) {
-    const tmp = `${target}.tmp-${process.pid}`;
-    log(`compiling sinklm's TensorFlow ops (${flags.join(' ')}; ~10 s)`);
-    const r = run(
-      cxx,
-      [
-        '-std=c++17', ...flags, '-fPIC', '-shared', '-DNODE_GYP_MODULE_NAME=sinklm_ops', `-DSINKLM_BUILD="${flags.join(' ')}"`,
-        `-I${inc}`, `-I${nodeInc}`, OPS_SRC, '-o', tmp, `-L${libDir}`, '-ltensorflow_framework', '-Wl,-rpath,$ORIGIN/../../deps/lib',
-      ],
-      { timeout: 600_000 },
-    );
-    if (r.status !== 0) {
-      failures.push(`${name} build (${flags.join(' ')}) did not compile:`, ...tail(r.error?.message ?? r.output, 8));
-      fs.rmSync(tmp, { force: true });
-      continue;
-    }
-    fs.renameSync(tmp, target);
-    const p = probeOps(pkgDir, target);
-    if (p.ok) {
-      try {
-        fs.mkdirSync(path.dirname(cached), { recursive: true });
-        fs.copyFileSync(target, `${cached}.tmp-${process.pid}`);
-        fs.renameSync(`${cached}.tmp-${process.pid}`, cached);
-      } catch (e) {
-        log(`note: could not cache the sinklm ops (${e.message})`);
-      }
-      return log(`sinklm ops ready: ${p.ops} ops, ${name} build (${flags.join(' ')}) (${secs()})`);
-    }
-    failures.push(`${name} build (${flags.join(' ')}) does not load: ${p.error}`);
-    fs.rmSync(target, { force: true });
-  }
-  throw new SetupError("sinklm's own TensorFlow ops could not be built", { detail: failures, hint: 'needs g++ with C++17 and the Node headers; npm run setup-native retries' });
-}
-
-function explainOps(e) {
-  const lines = [`${TAG} sinklm's TensorFlow ops (native/) are NOT built: ${e.message}`, ...(e.detail ?? []).map((l) => (l.startsWith('  ') ? l : `  ${l}`))];
-  if (e.hint) lines.push(`  hint: ${e.hint}`);
-  if (!(e instanceof SetupError)) lines.push(...tail(e.stack, 8));
-  lines.push('  sinklm runs without them, on TensorFlow\'s own kernels (`sinklm doctor` says which run).');
-  process.stderr.write(`${lines.join('\n')}\n`);
-}
 
 // ---------------------------------------------------------------------------------------------
 
