@@ -74,6 +74,11 @@ export interface ValidateResult {
 
 /** Windows of the text the attention statistics average over (as `ablate`). */
 const ATTENTION_WINDOWS = 8;
+/**
+ * Their length at most: the statistics keep every head's [T, T] weights of a layer, which
+ * for Pythia-160M at T = 2048 grows the process to ~12 GB; Gu et al. measure on 64 tokens.
+ */
+const ATTENTION_WINDOW_TOKENS = 512;
 /** Tokens the recompute reference runs over by default: it re-runs W tokens per token. */
 export const RECOMPUTE_TOKENS = 256;
 
@@ -174,7 +179,7 @@ async function run(models: GridModel[], text: string, textFile: string, spec: Gr
       ...(recompute > 0 ? [{ policy: 'recompute' as const, cache: `0+${spec.window}`, maxTokens: recompute }] : []),
     ],
     onModel: (name, ck) => {
-      stats.push(sinkStats(name, ck, attentionStatsOver(ck, attentionWindows(ck, text, ATTENTION_WINDOWS, textFile))));
+      stats.push(sinkStats(name, ck, attentionStatsOver(ck, attentionWindows(ck, text, ATTENTION_WINDOWS, textFile, ATTENTION_WINDOW_TOKENS))));
     },
   });
   const sinks = grid.filter((c) => c.policy === 'sinks');

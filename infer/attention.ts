@@ -151,12 +151,12 @@ export function attentionStats(ck: LoadedCheckpoint, tokens: number[], opts: { e
  * al. average over 100 samples; one window of 128 tokens is noisy (one head can look like a
  * sink on one passage only).
  */
-export function attentionWindows(ck: LoadedCheckpoint, text: string, count: number, file?: string): number[][] {
+export function attentionWindows(ck: LoadedCheckpoint, text: string, count: number, file?: string, maxLength?: number): number[][] {
   if (!Number.isInteger(count) || count < 1) throw new UserError('must be a positive whole number', { field: '--windows' });
   const { tokens, prefix } = textStream(ck, text, undefined, file);
   const head = tokens.slice(0, prefix);
   const body = tokens.slice(prefix);
-  const span = Math.min(ck.model.config.max_position_embeddings - prefix, body.length);
+  const span = Math.min(Math.min(ck.model.config.max_position_embeddings, maxLength ?? Infinity) - prefix, body.length);
   if (span + prefix <= FIRST_K) throw new UserError(`gives ${body.length} tokens; at least ${FIRST_K + 1} are needed`, { file });
   const room = body.length - span;
   const n = Math.min(count, room + 1);
