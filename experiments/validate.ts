@@ -194,10 +194,9 @@ async function run(models: GridModel[], text: string, textFile: string, spec: Gr
     spec,
     backend: grid[0]?.backend ?? 'unknown',
     decode: sinks[0]!.decode,
-    seconds: 0,
+    seconds: (performance.now() - started) / 1000,
     models: stats,
     tokenizers_differ: tokenizers.some((t) => !t.equals(tokenizers[0]!)),
-    started,
   };
 }
 
@@ -212,12 +211,10 @@ export async function validate(opts: RunOptions & { dir?: string; tolerance?: nu
   const text = readText(textFile);
   const r = await run(m.variants.map((v) => ({ name: v.name, dir: path.join(dir, v.dir) })), text, textFile, m.spec, opts);
   const maxRel = checkDrift(r.grid, m.grid, opts.tolerance ?? DRIFT_TOLERANCE, file);
-  const { started, ...rest } = r;
   return {
-    ...rest,
+    ...r,
     source: 'shipped',
     text: textFile,
-    seconds: (performance.now() - started) / 1000,
     max_rel_diff_vs_recorded: maxRel,
     recorded_backend: m.backend,
     checkpoints: dir,
@@ -263,12 +260,10 @@ export async function validateModels(
   if (!Number.isInteger(maxTokens) || maxTokens < 2) throw new UserError(`must be a whole number >= 2 (got ${maxTokens})`, { field: '--max-tokens' });
   const spec: GridSpec = { window, initial: [0, 1, 2, 4], maxTokens };
   const r = await run(opts.models, text, opts.text, spec, opts);
-  const { started, ...rest } = r;
   return {
-    ...rest,
+    ...r,
     source: 'models',
     text: path.resolve(opts.text),
-    seconds: (performance.now() - started) / 1000,
     max_rel_diff_vs_recorded: null,
     recorded_backend: null,
     checkpoints: null,

@@ -25,8 +25,9 @@ export interface Verdict {
 }
 
 interface Claim {
+  id: string;
   modes: SinkMode[];
-  claim: (model: string) => string;
+  claim: string;
   /** Initial-token counts of the two caches compared (a against b). */
   a: number;
   b: number;
@@ -34,12 +35,12 @@ interface Claim {
 }
 
 const CLAIMS: Claim[] = [
-  { modes: ['none'], claim: () => 'window attention (0 initial tokens) degrades a vanilla model', a: 0, b: 4, test: worseBy },
-  { modes: ['none'], claim: () => 'a vanilla model needs more than one initial token', a: 1, b: 4, test: worseBy },
-  { modes: ['token'], claim: () => 'a sink-token model needs its sink token (0 initial tokens degrade it)', a: 0, b: 1, test: worseBy },
-  { modes: ['token'], claim: () => 'a sink-token model streams with just its one sink token', a: 1, b: 4, test: noWorseThan },
-  { modes: ['softmax1'], claim: () => 'a zero-sink (softmax1) model streams with no initial token', a: 0, b: 4, test: noWorseThan },
-  { modes: ['logit'], claim: () => 'a per-head sink-logit model streams with no initial token', a: 0, b: 4, test: noWorseThan },
+  { id: 'vanilla-window', modes: ['none'], claim: 'window attention (0 initial tokens) degrades a vanilla model', a: 0, b: 4, test: worseBy },
+  { id: 'vanilla-one', modes: ['none'], claim: 'a vanilla model needs more than one initial token', a: 1, b: 4, test: worseBy },
+  { id: 'token-needs', modes: ['token'], claim: 'a sink-token model needs its sink token (0 initial tokens degrade it)', a: 0, b: 1, test: worseBy },
+  { id: 'token-streams', modes: ['token'], claim: 'a sink-token model streams with just its one sink token', a: 1, b: 4, test: noWorseThan },
+  { id: 'softmax1-streams', modes: ['softmax1'], claim: 'a zero-sink (softmax1) model streams with no initial token', a: 0, b: 4, test: noWorseThan },
+  { id: 'logit-streams', modes: ['logit'], claim: 'a per-head sink-logit model streams with no initial token', a: 0, b: 4, test: noWorseThan },
 ];
 
 const asBool = (o: Outcome): boolean | null => (o === 'inconclusive' ? null : o === 'holds');
@@ -55,6 +56,7 @@ export function verdicts(result: GridResult, window: number, opts: { margin?: nu
   const models = [...new Map(result.grid.map((c) => [c.model, c.sink_mode])).entries()];
   for (const [model, mode] of models) {
     const nll = (s: number) => result.curves.find((c) => c.model === model && c.policy === 'sinks' && c.cache === `${s}+${window - s}`)?.nll;
+    const byId = new Map<string, Verdict>();
     for (const c of CLAIMS.filter((x) => x.modes.includes(mode))) {
       const a = nll(c.a);
       const b = nll(c.b);
@@ -63,18 +65,20 @@ export function verdicts(result: GridResult, window: number, opts: { margin?: nu
       const cacheB = `${c.b}+${window - c.b}`;
       const d = pairedBootstrap(a, b, { block: window, resamples: opts.resamples, seed: `${model}:${cacheA}:${cacheB}` });
       const outcome = c.test(d, margin);
-      out.push({
-        claim: c.claim(model),
+      const v: Verdict = {
+        claim: c.claim,
         model,
         outcome,
         holds: asBool(outcome),
         compare: { a: cacheA, b: cacheB, ...d },
         evidence: `${model}: ppl ${cacheA} vs ${cacheB} ${formatDiff(d)} over ${d.tokens} tokens`,
-      });
+      };
+      byId.set(c.id, v);
+      out.push(v);
     }
     // One sink is "enough" only in a meaningful sense when the model needs it at all.
-    const needs = out.find((v) => v.model === model && v.claim.startsWith('a sink-token model needs'));
-    const streams = out.find((v) => v.model === model && v.claim.startsWith('a sink-token model streams'));
+    const needs = byId.get('token-needs');
+    const streams = byId.get('token-streams');
     if (streams && needs && needs.outcome !== 'holds') {
       streams.note = 'vacuous here: this model does not depend on its sink token (no attention sink to keep)';
     }
