@@ -97,7 +97,7 @@ interface OpsProbe {
 let opsProbe: OpsProbe | undefined;
 
 /**
- * Loads sinklm's op library (native/sinklm_ops.cc, built beside tfjs-node's addon) into the
+ * Loads sinklm's op library (native/*.cc, built beside tfjs-node's addon) into the
  * TensorFlow runtime tfjs-node runs; its load registers the ops. Once, after tfjs-node.
  * SINKLM_NO_KERNELS=1 hides it (everything then runs as without it).
  */

@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { checkPositions, type CacheLayout, type KVCache } from './cache.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, rotaryTables } from './ops.js';
-import { causalAttention, hasKernel, layerNormPair, linearGelu, tokenNll } from './fused.js';
+import { causalAttention, layerNormPair, linearGelu, tokenNll } from './fused.js';
 import { paramSpecs, type ParamSpec } from './params.js';
 import type { TensorMap } from './safetensors.js';
 
@@ -169,7 +169,7 @@ export class GPTNeoX {
       x = tf.add(tf.add(x, attn), mlp);
     }
     const h = layerNorm(x, this.p('gpt_neox.final_layer_norm.weight'), this.p('gpt_neox.final_layer_norm.bias'), c.layer_norm_eps);
-    return tf.matMul(h as tf.Tensor2D, this.p<tf.Rank.R2>('embed_out.weight'), false, true);
+    return linear(h as tf.Tensor2D, this.p<tf.Rank.R2>('embed_out.weight'));
   }
 
   private attention(x: tf.Tensor2D, layer: number, B: number, n: number, geo: Geometry, cache?: KVCache): tf.Tensor2D {
@@ -178,8 +178,8 @@ export class GPTNeoX {
     const hd = headDim(c);
     const pre = `gpt_neox.layers.${layer}.attention`;
     const qkv = linear(x, this.p(`${pre}.query_key_value.weight`), this.p(`${pre}.query_key_value.bias`));
-    if (!cache && !geo.onAttention && hasKernel('SinklmAttention')) {
-      // The whole causal attention (rotary, scores, sink softmax, weighted sum) as one kernel.
+    if (!cache && !geo.onAttention) {
+      // The whole causal attention (rotary, scores, sink softmax, weighted sum) as one operation.
       const ctx = causalAttention({
         qkv,
         qCos: this.rope.qCos,
@@ -226,15 +226,7 @@ export class GPTNeoX {
 
   /** Per-position NLL: logsumexp(logits) - logits[target]. */
   tokenNll(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
-    return tokenNll(logits, targets, (l, t) => this.picked(l, t));
-  }
-
-  /** logits[i, targets[i]]: a gather, or a one-hot product where gather has no gradient. */
-  private picked(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
-    const [N, V] = logits.shape;
-    if (!this.gatherGrad) return tf.sum(tf.mul(logits, tf.cast(tf.oneHot(targets, V), 'float32')), -1);
-    const flatIdx = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets);
-    return tf.gather(tf.reshape(logits, [N * V]), flatIdx) as tf.Tensor1D;
+    return tokenNll(logits, targets);
   }
 
   /** Weights as float32 arrays under their HF names, in checkpoint order. */

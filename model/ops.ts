@@ -5,9 +5,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { SinkMode } from '../core/config.js';
-import { geluExact, layerNormAffine, linear, normalize } from './fused.js';
+import { geluExact, layerNormAffine, linear } from './fused.js';
 
-export { linear, normalize };
+export { linear };
 
 /** Masked-out attention scores. Finite, so a max over a row never meets -inf - -inf. */
 export const NEG_INF = -1e9;

@@ -1,4 +1,4 @@
-// Building sinklm's own TensorFlow ops (native/sinklm_ops.cc) against the TensorFlow C
+// Building sinklm's own TensorFlow ops (native/*.cc) against the TensorFlow C
 // library the addon was built with, into sinklm_ops.node beside the addon. Called by
 // setup-native.mjs after the addon; plain Node ESM with built-ins only.
 import { createHash } from 'node:crypto';
@@ -7,13 +7,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { addonPath, cacheDir, findPython, FORCE, log, ROOT, run, secs, SetupError, tail, TAG } from './native-common.mjs';
 
-// sinklm's own TensorFlow ops (native/sinklm_ops.cc): an N-API module beside the addon, built
+// sinklm's own TensorFlow ops (native/*.cc, registered by ops.cc): an N-API module beside the addon, built
 // against the same libtensorflow_framework and the wheel's C kernel API headers, with
 // -O3 -march=native (the build happens on the machine that runs it) and, when that fails to
 // compile or load, a portable -O3 build. Cached per source, library, Node, CPU and flags.
 // A failure only means sinklm runs without them (`sinklm doctor` says so).
 
-const OPS_SRC = path.join(ROOT, 'native', 'sinklm_ops.cc');
+const OPS_DIR = path.join(ROOT, 'native');
+/** The op library's sources (every .cc in native/) and headers, in a fixed order. */
+const opsFiles = () => (fs.existsSync(OPS_DIR) ? fs.readdirSync(OPS_DIR).filter((f) => /\.(cc|h)$/.test(f)).sort().map((f) => path.join(OPS_DIR, f)) : []);
 const OPS_NAME = 'sinklm_ops.node';
 /** A header kernels.h includes that extractions made before the op library did not keep. */
 const OPS_EXTRA_HEADERS = 'tensorflow/core/common_runtime/next_pluggable_device/c/';
@@ -106,13 +108,15 @@ function probeOps(pkgDir, lib) {
 }
 
 export function buildOps(pkgDir) {
-  if (!fs.existsSync(OPS_SRC)) return;
+  const files = opsFiles();
+  const sources = files.filter((f) => f.endsWith('.cc'));
+  if (!sources.length) return;
   const target = path.join(path.dirname(addonPath(pkgDir)), OPS_NAME);
   const libDir = path.join(pkgDir, 'deps', 'lib');
   const fw = path.join(libDir, 'libtensorflow_framework.so.2');
   const st = fs.statSync(fw);
   const key = createHash('sha256')
-    .update(JSON.stringify([fs.readFileSync(OPS_SRC, 'utf8'), OPS_FLAGS, fs.realpathSync(fw), st.size, Math.round(st.mtimeMs), process.arch, process.versions.modules, cpuSignature()]))
+    .update(JSON.stringify([files.map((f) => [path.basename(f), fs.readFileSync(f, 'utf8')]), OPS_FLAGS, fs.realpathSync(fw), st.size, Math.round(st.mtimeMs), process.arch, process.versions.modules, cpuSignature()]))
     .digest('hex')
     .slice(0, 20);
   const cached = path.join(cacheDir(), 'addons', `sinklm-ops-${key}`, OPS_NAME);
@@ -129,12 +133,12 @@ export function buildOps(pkgDir) {
   const failures = [];
   for (const { name, flags } of OPS_FLAGS) {
     const tmp = `${target}.tmp-${process.pid}`;
-    log(`compiling sinklm's TensorFlow ops (${flags.join(' ')}; ~10 s)`);
+    log(`compiling sinklm's TensorFlow ops (${flags.join(' ')}; ~30 s)`);
     const r = run(
       cxx,
       [
         '-std=c++17', ...flags, '-fPIC', '-shared', '-DNODE_GYP_MODULE_NAME=sinklm_ops', `-DSINKLM_BUILD="${flags.join(' ')}"`,
-        `-I${inc}`, `-I${nodeInc}`, OPS_SRC, '-o', tmp, `-L${libDir}`, '-ltensorflow_framework', '-Wl,-rpath,$ORIGIN/../../deps/lib',
+        `-I${inc}`, `-I${nodeInc}`, ...sources, '-o', tmp, `-L${libDir}`, '-ltensorflow_framework', '-Wl,-rpath,$ORIGIN/../../deps/lib',
       ],
       { timeout: 600_000 },
     );

@@ -6,7 +6,7 @@
 //   2. $SINKLM_TF_WHEEL       - a TensorFlow CPU wheel (tensorflow_cpu-*.whl), or
 //   3. a TensorFlow CPU wheel fetched by name with pip (local pip config locations first),
 // puts it into node_modules/@tensorflow/tfjs-node/deps, and compiles the addon from source.
-// Then it compiles sinklm's own TensorFlow ops (native/sinklm_ops.cc) against the same
+// Then it compiles sinklm's own TensorFlow ops (native/*.cc) against the same
 // library into sinklm_ops.node beside the addon (scripts/native-ops.mjs).
 //
 // The wheel fetched (3) or taken from the cache is pinned to TensorFlow TF_VERSION below, so

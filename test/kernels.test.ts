@@ -1,22 +1,24 @@
 /**
- * sinklm's own TensorFlow ops (native/sinklm_ops.cc via model/kernels.ts) against the
- * formulas they replace: values and gradients to 1e-5 relative, on odd shapes (T not a
- * multiple of anything, one head, head_dim 8 and 64) and in all four sink modes. They run
- * only where the library is built and loaded on the tensorflow backend; the suite passes
- * without it (SINKLM_NO_KERNELS=1 hides it), and then these tests are skipped.
+ * sinklm's fused operations (model/fused.ts) against the formulas they stand for, on every
+ * backend the suite can reach: the test backend (native TensorFlow runs sinklm's own ops,
+ * native/*.cc, unless SINKLM_NO_KERNELS=1 hides them) and tfjs's cpu backend (the formula
+ * kernels, model/kernels/formula.ts, whose hand-written backward is checked here against
+ * tfjs's chain rule). Values and gradients to 1e-5 relative, on odd shapes (T not a multiple
+ * of any tile, one head, head_dim 8, 24 and 64) and in all four sink modes.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
-import { beforeAll, describe, expect, it } from 'vitest';
+import '@tensorflow/tfjs-backend-cpu';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SinkMode } from '../core/config.js';
-import { causalAttention, geluExact, hasKernel, layerNormAffine, layerNormPair, linear, linearGelu } from '../model/fused.js';
+import { causalAttention, geluExact, layerNormAffine, layerNormPair, linear, linearGelu, tokenNll } from '../model/fused.js';
+import { kernelSource } from '../model/kernels/index.js';
 import { applyRotary, attentionWeights, NEG_INF, rotaryTables } from '../model/ops.js';
-import { testBackend } from './helpers.js';
+import { numTensors, testBackend } from './helpers.js';
 
 const info = await testBackend();
-const on = info.kernels.in_use;
 
 /** max |a - b| over max |b|: the relative error of a whole tensor. */
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -62,11 +64,28 @@ describe('the op library loads where it was built', () => {
     if (!info.kernels.in_use) expect(info.kernels.reason).toBeTruthy();
     if (hidden) expect(info.kernels.reason).toMatch(/SINKLM_NO_KERNELS/);
   });
+
+  it('its ops become the kernels of the tensorflow backend, and the formulas those of every other', () => {
+    const want = info.kernels.in_use ? 'sinklm' : 'formula';
+    for (const op of ['SinklmLayerNorm', 'SinklmLayerNorm2', 'SinklmBiasGelu', 'SinklmAttention', 'SinklmXent']) expect(kernelSource(op), op).toBe(want);
+    if (info.backend === 'tensorflow') expect(kernelSource('SinklmMatMul')).toBe('tensorflow');
+  });
 });
 
-describe.skipIf(!on)('sinklm kernels equal their formulas (values and gradients, 1e-5 relative)', () => {
-  beforeAll(() => {
-    for (const op of ['SinklmLayerNorm', 'SinklmLayerNorm2', 'SinklmBiasGelu', 'SinklmAttention']) expect(hasKernel(op), op).toBe(true);
+const BACKENDS = [...new Set([info.backend, 'cpu'])];
+
+describe.each(BACKENDS)('on the %s backend, each fused operation equals its formula (values and gradients, 1e-5 relative)', (backend) => {
+  beforeAll(async () => {
+    await tf.setBackend(backend);
+  });
+  afterAll(async () => {
+    await tf.setBackend(info.backend);
+  });
+
+  it('runs the kernels this backend should have', () => {
+    const want = backend === 'tensorflow' && info.kernels.in_use ? 'sinklm' : 'formula';
+    expect(kernelSource('SinklmAttention')).toBe(want);
+    expect(kernelSource('SinklmXent')).toBe(want);
   });
 
   const lnRef = (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, eps: number) => {
@@ -128,6 +147,7 @@ describe.skipIf(!on)('sinklm kernels equal their formulas (values and gradients,
     [1, 19, 1, 64, 16],
     [2, 5, 2, 64, 64],
     [1, 1, 2, 8, 0],
+    [1, 70, 2, 24, 8],
   ] as const;
 
   for (const mode of MODES) {
@@ -175,5 +195,74 @@ describe.skipIf(!on)('sinklm kernels equal their formulas (values and gradients,
     )([qkv, sink]);
     for (const a of [y, ...g]) expect(Array.from(a.dataSync()).every(Number.isFinite)).toBe(true);
     tf.dispose([y, ...g, qkv, sink, t.cos, t.sin, t.rot]);
+  });
+  it('linear: x W^T + b, gradients for x, W and b; and x W^T without a bias', () => {
+    const x = normal([37, 24], 5, 3) as tf.Tensor2D;
+    const W = normal([11, 24], 8) as tf.Tensor2D;
+    const b = normal([11], 9) as tf.Tensor1D;
+    const w = normal([37, 11], 10);
+    expectClose(
+      valueAndGrads((xi, Wi, bi) => linear(xi as tf.Tensor2D, Wi as tf.Tensor2D, bi as tf.Tensor1D), [x, W, b], w),
+      valueAndGrads((xi, Wi, bi) => tf.add(tf.matMul(xi!, Wi!, false, true), bi!), [x, W, b], w),
+    );
+    expectClose(
+      valueAndGrads((xi, Wi) => linear(xi as tf.Tensor2D, Wi as tf.Tensor2D), [x, W], w),
+      valueAndGrads((xi, Wi) => tf.matMul(xi!, Wi!, false, true), [x, W], w),
+    );
+  });
+
+  it('exact GELU on any rank', () => {
+    const x = normal([3, 5, 7], 12, 3);
+    const w = normal([3, 5, 7], 13);
+    expectClose(
+      valueAndGrads((t) => geluExact(t!), [x], w),
+      valueAndGrads((t) => tf.mul(tf.mul(t!, 0.5), tf.add(tf.erf(tf.mul(t!, Math.SQRT1_2)), 1)), [x], w),
+    );
+  });
+
+  it('token NLL equals a float64 formula on the host, value and gradient', () => {
+    // Independent of tfjs: lse(x) - x[t], gradient (softmax(x) - onehot(t)) * w, in float64.
+    const [N, V] = [37, 24];
+    const x = normal([N, V], 5, 3);
+    const targetIds = Array.from({ length: N }, (_, i) => (i * 7) % V);
+    const targets = tf.tensor1d(targetIds, 'int32');
+    const rowW = normal([N], 7);
+    const [y, g] = valueAndGrads((t) => tokenNll(t as tf.Tensor2D, targets), [x], rowW);
+    const xs = x.dataSync();
+    const ws = rowW.dataSync();
+    let dy = 0;
+    let dg = 0;
+    for (let r = 0; r < N; r++) {
+      const row = Array.from(xs.subarray(r * V, (r + 1) * V), Number);
+      const m = Math.max(...row);
+      const sum = row.reduce((a, v) => a + Math.exp(v - m), 0);
+      dy = Math.max(dy, Math.abs(y![r]! - (m + Math.log(sum) - row[targetIds[r]!]!)));
+      row.forEach((v, j) => (dg = Math.max(dg, Math.abs(g![r * V + j]! - (Math.exp(v - m) / sum - (j === targetIds[r] ? 1 : 0)) * ws[r]!))));
+    }
+    expect(dy).toBeLessThan(1e-5);
+    expect(dg).toBeLessThan(1e-6);
+    tf.dispose([x, targets, rowW]);
+  });
+
+  it('leave no tensors behind, forward or backward', () => {
+    const [B, T, H, hd] = [2, 7, 2, 8];
+    const t = rotaryTables(T, hd, 4, 10000);
+    const x = normal([B * T, H * 3 * hd], 3);
+    const targets = tf.tensor1d(Array.from({ length: B * T }, (_, i) => i % 16), 'int32');
+    const g = tf.ones([H * 3 * hd]) as tf.Tensor1D;
+    const b = tf.zeros([H * 3 * hd]) as tf.Tensor1D;
+    const W = normal([16, H * hd], 4) as tf.Tensor2D;
+    const f = (xi: tf.Tensor) => {
+      const [a] = layerNormPair(xi as tf.Tensor2D, g, b, g, b, 1e-5);
+      const ctx = causalAttention({ qkv: geluExact(a) as tf.Tensor2D, qCos: t.cos, qSin: t.sin, kCos: t.cos, kSin: t.sin, sink: tf.tensor1d([0.5, -0.5]), batch: B, heads: H, rotaryDims: 4, mode: 'logit' });
+      return tf.sum(tokenNll(linear(ctx, W), targets));
+    };
+    const before = numTensors();
+    for (let i = 0; i < 3; i++) {
+      tf.tidy(() => tf.grad(f)(x)).dispose();
+      tf.tidy(() => f(x)).dispose();
+    }
+    expect(numTensors()).toBe(before);
+    tf.dispose([t.cos, t.sin, t.rot, x, targets, g, b, W]);
   });
 });

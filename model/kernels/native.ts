@@ -1,0 +1,76 @@
+/**
+ * The kernels of the native TensorFlow backend ('tensorflow'), run through tfjs-node's
+ * binding: TensorFlow's own MatMul, BiasAdd and BiasAddGrad (tfjs-node would run a 2-D
+ * x W^T as a batched matmul plus a broadcast add; these are ~1.5x faster), and sinklm's own
+ * ops (native/*.cc), which exist once the op library has loaded into the same runtime
+ * (core/backend.ts). Each takes the inputs and returns the outputs of the formula of the same
+ * name in formula.ts.
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+
+export const NATIVE_BACKEND = 'tensorflow';
+
+/** The subset of tfjs-node's backend these kernels use. */
+interface NodeBackend {
+  binding: { TF_ATTR_TYPE: number; TF_ATTR_BOOL: number; TF_ATTR_INT: number; TF_ATTR_FLOAT: number; TF_FLOAT: number };
+  executeMultipleOutputs(name: string, attrs: Attr[], inputs: tf.TensorInfo[], n: number): tf.Tensor[];
+}
+
+/** A TensorFlow op attribute as the tfjs-node binding takes it. */
+type Attr = { name: string; type: number; value: number | boolean };
+type Binding = NodeBackend['binding'];
+
+export interface NativeKernel {
+  /** The TensorFlow op that runs it. */
+  op: string;
+  /** Kernel input names, in the op's order. */
+  inputs: string[];
+  outputs: number;
+  attrs: (b: Binding, k: Record<string, unknown>) => Attr[];
+  /** A TensorFlow built-in (always there), or one of sinklm's own ops (there once the library loaded). */
+  builtin: boolean;
+}
+
+const float32 = (b: Binding): Attr => ({ name: 'T', type: b.TF_ATTR_TYPE, value: b.TF_FLOAT });
+const eps = (b: Binding, k: Record<string, unknown>): Attr[] => [{ name: 'eps', type: b.TF_ATTR_FLOAT, value: k.eps as number }];
+const attention = (b: Binding, k: Record<string, unknown>): Attr[] =>
+  (['batch', 'heads', 'rotary_dims', 'mode'] as const).map((name) => ({ name, type: b.TF_ATTR_INT, value: k[name] as number }));
+const none = (): Attr[] => [];
+const sinklm = (inputs: string[], outputs: number, attrs: NativeKernel['attrs'] = none) => ({ inputs, outputs, attrs, builtin: false });
+
+/** Kernel name -> how the native backend runs it. sinklm's ops share their kernel's name. */
+export const NATIVE: Record<string, NativeKernel> = {
+  SinklmMatMul: {
+    op: 'MatMul',
+    inputs: ['a', 'b'],
+    outputs: 1,
+    attrs: (b, k) => [
+      float32(b),
+      { name: 'transpose_a', type: b.TF_ATTR_BOOL, value: k.transposeA as boolean },
+      { name: 'transpose_b', type: b.TF_ATTR_BOOL, value: k.transposeB as boolean },
+    ],
+    builtin: true,
+  },
+  SinklmBiasAdd: { op: 'BiasAdd', inputs: ['x', 'bias'], outputs: 1, attrs: (b) => [float32(b)], builtin: true },
+  SinklmBiasAddGrad: { op: 'BiasAddGrad', inputs: ['dy'], outputs: 1, attrs: (b) => [float32(b)], builtin: true },
+  SinklmLayerNorm: { op: 'SinklmLayerNorm', ...sinklm(['x', 'gamma', 'beta'], 3, eps) },
+  SinklmLayerNorm2: { op: 'SinklmLayerNorm2', ...sinklm(['x', 'gamma1', 'beta1', 'gamma2', 'beta2'], 4, eps) },
+  SinklmLayerNormGrad: { op: 'SinklmLayerNormGrad', ...sinklm(['xhat', 'rstd', 'gamma', 'dy'], 3) },
+  SinklmLayerNorm2Grad: { op: 'SinklmLayerNorm2Grad', ...sinklm(['xhat', 'rstd', 'gamma1', 'dy1', 'gamma2', 'dy2'], 5) },
+  SinklmBiasGelu: { op: 'SinklmBiasGelu', ...sinklm(['x', 'bias'], 1) },
+  SinklmBiasGeluGrad: { op: 'SinklmBiasGeluGrad', ...sinklm(['dy', 'x', 'bias'], 2) },
+  SinklmAttention: { op: 'SinklmAttention', ...sinklm(['qkv', 'qcos', 'qsin', 'kcos', 'ksin', 'sink'], 2, attention) },
+  SinklmAttentionGrad: { op: 'SinklmAttentionGrad', ...sinklm(['qkv', 'qcos', 'qsin', 'kcos', 'ksin', 'sink', 'ctx', 'lse', 'dctx'], 2, attention) },
+  SinklmXent: { op: 'SinklmXent', ...sinklm(['logits', 'labels'], 2) },
+  SinklmXentGrad: { op: 'SinklmXentGrad', ...sinklm(['logits', 'labels', 'lse', 'dnll'], 1) },
+};
+
+/** The tfjs kernel function that runs `k` on the native backend. */
+export function nativeKernelFunc(k: NativeKernel): tf.KernelFunc {
+  return ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as NodeBackend;
+    const ins = k.inputs.map((n) => (inputs as Record<string, tf.TensorInfo>)[n]!);
+    const outs = be.executeMultipleOutputs(k.op, k.attrs(be.binding, attrs as Record<string, unknown>), ins, k.outputs);
+    return k.outputs === 1 ? outs[0]! : outs;
+  };
+}
