@@ -12,61 +12,16 @@
 //
 // Work is split over (batch, head) pairs. Within one, queries go in blocks of kQB rows and
 // every product (scores, weighted sum, and the four of the backward) is a small matrix
-// product on one register-tiled micro-kernel, kMR x kNR outputs held in vector registers
+// product on one register-tiled micro-kernel, 6 x kNR outputs held in vector registers
 // while the shared dimension streams past. Head and sequence are padded with zeros to the
 // tile sizes, so the kernel has no edge cases and padding contributes exact zeros.
 #include "common.h"
+#include "gemm.h"
 
 namespace sinklm {
 namespace {
 
-// A vector of 8 floats (one AVX register; two SSE registers where AVX is absent).
-typedef float V8 __attribute__((vector_size(32)));
-inline V8 Load(const float* p) {
-  V8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void Store(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
-
-constexpr int64_t kMR = 4;   // micro-tile rows
-constexpr int64_t kNR = 16;  // micro-tile columns: two V8
-constexpr int64_t kQB = 16;  // query rows per block (a multiple of kMR and of kNR's divisor)
-
-inline int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// C[kMR][kNR] (row stride ldc) = (accumulate ? C : 0) + sum_k A[r][k] B[k][c], with A and B
-// row-major (strides lda, ldb). Eight accumulators stay in registers across the K loop.
-inline void Micro(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc, bool accumulate) {
-  V8 c[kMR][2];
-  for (int64_t r = 0; r < kMR; r++) {
-    if (accumulate) {
-      c[r][0] = Load(C + r * ldc);
-      c[r][1] = Load(C + r * ldc + 8);
-    } else {
-      c[r][0] = V8{};
-      c[r][1] = V8{};
-    }
-  }
-  for (int64_t k = 0; k < K; k++) {
-    const V8 b0 = Load(B + k * ldb), b1 = Load(B + k * ldb + 8);
-    for (int64_t r = 0; r < kMR; r++) {
-      const float a = A[r * lda + k];
-      c[r][0] += a * b0;
-      c[r][1] += a * b1;
-    }
-  }
-  for (int64_t r = 0; r < kMR; r++) {
-    Store(C + r * ldc, c[r][0]);
-    Store(C + r * ldc + 8, c[r][1]);
-  }
-}
-
-// C[M][N] (+)= A[M][K] B[K][N]; M a multiple of kMR, N of kNR.
-void Gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-  for (int64_t i = 0; i < M; i += kMR)
-    for (int64_t j = 0; j < N; j += kNR) Micro(A + i * lda, lda, B + j, ldb, K, C + i * ldc + j, ldc, accumulate);
-}
+constexpr int64_t kQB = 24;  // query rows per block: four micro-tiles of kMR = 6 rows
 
 struct AttnShape {
   int64_t B, T, H, hd, rd;
@@ -104,7 +59,7 @@ bool ReadInputs(Ctx& c, const Attrs& a, AttnIn* in, AttnShape* s) {
     return c.fail("SinklmAttention: qkv must be [batch*T, heads*3*head_dim]");
   s->T = qkv.dim(0) / s->B;
   s->hd = qkv.dim(1) / (3 * s->H);
-  s->Tp = RoundUp(s->T, kNR);
+  s->Tp = RoundUp(s->T, 48);  // a multiple of kQB and of kNR
   s->Hp = RoundUp(s->hd, kNR);
   if (s->rd < 0 || s->rd > s->hd || s->rd % 2) return c.fail("SinklmAttention: rotary_dims must be even and at most head_dim");
   for (const In* t : {&in->qc, &in->qs, &in->kc, &in->ks})
@@ -176,7 +131,7 @@ void Forward(void* kernel, TF_OpKernelContext* context) {
     hb.load(in, b, h, false, false);
     std::vector<float> p(kQB * Tp), o(kQB * Hp);
     for (int64_t i0 = 0; i0 < S.T; i0 += kQB) {
-      const int64_t nk = i0 + kQB;  // keys any row of the block can see, padded
+      const int64_t nk = RoundUp(i0 + kQB, kNR);  // keys any row of the block can see, padded
       Gemm(kQB, nk, Hp, &hb.q[i0 * Hp], Hp, hb.kt.data(), Tp, p.data(), Tp, false);
       for (int64_t r = 0; r < kQB; r++) {
         const int64_t i = i0 + r;
@@ -222,7 +177,7 @@ void Backward(void* kernel, TF_OpKernelContext* context) {
     for (int64_t i = 0; i < S.T; i++) std::memcpy(&dO[i * Hp], dctx.data + (b * S.T + i) * crow + h * hd, hd * sizeof(float));
     double sinkGrad = 0;  // a sum of terms of both signs: kept in double
     for (int64_t i0 = 0; i0 < S.T; i0 += kQB) {
-      const int64_t nk = i0 + kQB;
+      const int64_t nk = RoundUp(i0 + kQB, kNR);
       Gemm(kQB, nk, Hp, &hb.q[i0 * Hp], Hp, hb.kt.data(), Tp, p.data(), Tp, false);
       Gemm(kQB, nk, Hp, &dO[i0 * Hp], Hp, hb.vt.data(), Tp, ds.data(), Tp, false);
       for (int64_t r = 0; r < kQB; r++) {

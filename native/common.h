@@ -216,9 +216,10 @@ struct Ctx {
 struct Attrs {
   int64_t batch = 1, heads = 1, rotary_dims = 0, mode = 0;
   float eps = 1e-5f;
+  bool transpose_a = false, transpose_b = false;
 };
 
-// The compute functions, one per op (norm.cc, attention.cc, xent.cc).
+// The compute functions, one per op (norm.cc, attention.cc, xent.cc, gemm.cc).
 using Compute = void (*)(void*, TF_OpKernelContext*);
 void LayerNormCompute(void*, TF_OpKernelContext*);
 void LayerNorm2Compute(void*, TF_OpKernelContext*);
@@ -230,5 +231,6 @@ void AttentionCompute(void*, TF_OpKernelContext*);
 void AttentionGradCompute(void*, TF_OpKernelContext*);
 void XentCompute(void*, TF_OpKernelContext*);
 void XentGradCompute(void*, TF_OpKernelContext*);
+void MatMulCompute(void*, TF_OpKernelContext*);
 
 }  // namespace sinklm

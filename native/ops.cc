@@ -21,7 +21,8 @@
 // which thread ran what.
 //
 // The kernels live by subject: norm.cc (LayerNorm, bias + GELU), attention.cc, xent.cc (the
-// loss); common.h has what they share. This file defines the ops and registers them.
+// loss), gemm.cc (the linear layers' products, on gemm.h's micro-kernel, which attention.cc
+// shares); common.h has what they all share. This file defines the ops and registers them.
 
 #include <node_api.h>
 
@@ -46,6 +47,13 @@ void* CreateKernel(TF_OpKernelConstruction* c) {
   geti("rotary_dims", &a->rotary_dims);
   geti("mode", &a->mode);
   if (TF_OpKernelConstruction_HasAttr(c, "eps", s)) TF_OpKernelConstruction_GetAttrFloat(c, "eps", &a->eps, s);
+  auto getb = [&](const char* name, bool* v) {
+    TF_Bool b = 0;
+    if (TF_OpKernelConstruction_HasAttr(c, name, s)) TF_OpKernelConstruction_GetAttrBool(c, name, &b, s);
+    *v = b != 0;
+  };
+  getb("transpose_a", &a->transpose_a);
+  getb("transpose_b", &a->transpose_b);
   if (TF_GetCode(s) != TF_OK) TF_OpKernelConstruction_Failure(c, s);
   TF_DeleteStatus(s);
   return a;
@@ -89,6 +97,7 @@ std::vector<OpSpec> Specs() {
        attn,
        AttentionGradCompute},
       {"SinklmXent", {"logits: float", "labels: int32"}, {"nll: float", "lse: float"}, {}, XentCompute},
+      {"SinklmMatMul", {"a: float", "b: float"}, {"product: float"}, {"transpose_a: bool = false", "transpose_b: bool = false"}, MatMulCompute},
       {"SinklmXentGrad", {"logits: float", "labels: int32", "lse: float", "dnll: float"}, {"dlogits: float"}, {}, XentGradCompute},
   };
 }

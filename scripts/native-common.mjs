@@ -66,6 +66,17 @@ export function findPython() {
 }
 
 /** Where node-pre-gyp puts and finds the addon: binary.module_path with the best N-API version. */
+/**
+ * Puts a copy of `src` at `dst` by writing it aside and renaming it into place: a process
+ * that has the old file mapped (a training run in the background) keeps its copy intact,
+ * where copying over it would change the code under its feet.
+ */
+export function installFile(src, dst) {
+  const tmp = `${dst}.tmp-${process.pid}`;
+  fs.copyFileSync(src, tmp);
+  fs.renameSync(tmp, dst);
+}
+
 export function addonPath(pkgDir) {
   const pj = JSON.parse(fs.readFileSync(path.join(pkgDir, 'package.json'), 'utf8'));
   const own = Number(process.versions.napi);

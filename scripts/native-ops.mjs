@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { addonPath, cacheDir, findPython, FORCE, log, ROOT, run, secs, SetupError, tail, TAG } from './native-common.mjs';
+import { addonPath, cacheDir, findPython, FORCE, installFile, log, ROOT, run, secs, SetupError, tail, TAG } from './native-common.mjs';
 
 // sinklm's own TensorFlow ops (native/*.cc, registered by ops.cc): an N-API module beside the addon, built
 // against the same libtensorflow_framework and the wheel's C kernel API headers, with
@@ -122,7 +122,7 @@ export function buildOps(pkgDir) {
   const cached = path.join(cacheDir(), 'addons', `sinklm-ops-${key}`, OPS_NAME);
   fs.mkdirSync(path.dirname(target), { recursive: true });
   if (!FORCE && fs.existsSync(cached)) {
-    fs.copyFileSync(cached, target);
+    installFile(cached, target);
     const p = probeOps(pkgDir, target);
     if (p.ok) return log(`sinklm ops ready (${p.ops} ops, cached build, ${p.build}) (${secs()})`);
     log(`the cached sinklm ops do not load (${p.error}); compiling instead`);
@@ -152,8 +152,7 @@ export function buildOps(pkgDir) {
     if (p.ok) {
       try {
         fs.mkdirSync(path.dirname(cached), { recursive: true });
-        fs.copyFileSync(target, `${cached}.tmp-${process.pid}`);
-        fs.renameSync(`${cached}.tmp-${process.pid}`, cached);
+        installFile(target, cached);
       } catch (e) {
         log(`note: could not cache the sinklm ops (${e.message})`);
       }

@@ -32,6 +32,7 @@ import {
   findPackage,
   findPython,
   FORCE,
+  installFile,
   GPU_PKG,
   log,
   ROOT,
@@ -321,11 +322,14 @@ function obtainLibrary() {
 
 /** Hard link when on the same filesystem (the cache may vanish; a hard link survives), else copy. */
 function linkOrCopy(src, dst) {
+  const tmp = `${dst}.tmp-${process.pid}`;
   try {
-    fs.linkSync(src, dst);
+    fs.linkSync(src, tmp);
+    fs.renameSync(tmp, dst);
     return 'hard-linked';
   } catch {
-    fs.copyFileSync(src, dst, fs.constants.COPYFILE_FICLONE);
+    fs.rmSync(tmp, { force: true });
+    installFile(src, dst);
     return 'copied';
   }
 }
@@ -526,7 +530,7 @@ function setupPackage(name, pkgDir, { gpu }) {
   if (!FORCE && fs.existsSync(cached)) {
     const addon = addonPath(pkgDir);
     fs.mkdirSync(path.dirname(addon), { recursive: true });
-    fs.copyFileSync(cached, addon);
+    installFile(cached, addon);
     const p = probe(pkgDir);
     if (p.ok) {
       log(`${name} ready with the addon cached for this library: native TensorFlow ${p.tf ?? '?'} (${secs()})`);

@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SinkMode } from '../core/config.js';
-import { causalAttention, geluExact, layerNormAffine, layerNormPair, linear, linearGelu, tokenNll } from '../model/fused.js';
+import { causalAttention, geluExact, layerNormAffine, layerNormPair, linear, linearGelu, matMul2d, tokenNll } from '../model/fused.js';
 import { kernelSource } from '../model/kernels/index.js';
 import { applyRotary, attentionWeights, NEG_INF, rotaryTables } from '../model/ops.js';
 import { numTensors, testBackend } from './helpers.js';
@@ -68,7 +68,7 @@ describe('the op library loads where it was built', () => {
   it('its ops become the kernels of the tensorflow backend, and the formulas those of every other', () => {
     const want = info.kernels.in_use ? 'sinklm' : 'formula';
     for (const op of ['SinklmLayerNorm', 'SinklmLayerNorm2', 'SinklmBiasGelu', 'SinklmAttention', 'SinklmXent']) expect(kernelSource(op), op).toBe(want);
-    if (info.backend === 'tensorflow') expect(kernelSource('SinklmMatMul')).toBe('tensorflow');
+    if (info.backend === 'tensorflow') expect(kernelSource('SinklmMatMul')).toBe(info.kernels.in_use ? 'sinklm' : 'tensorflow');
   });
 });
 
@@ -196,6 +196,35 @@ describe.each(BACKENDS)('on the %s backend, each fused operation equals its form
     for (const a of [y, ...g]) expect(Array.from(a.dataSync()).every(Number.isFinite)).toBe(true);
     tf.dispose([y, ...g, qkv, sink, t.cos, t.sin, t.rot]);
   });
+  // [M, K, N]: remainders of every tile (6 rows, 16 columns, 24 x 128 blocks, K slices of 256).
+  for (const [M, K, N] of [
+    [37, 24, 11],
+    [1, 1, 1],
+    [50, 600, 300],
+    [7, 0, 5],
+  ] as const) {
+    it(`matrix product of [${M}, ${K}] and [${K}, ${N}], each operand as given or transposed, against float64`, () => {
+      const a = normal([M, K], 40 + M);
+      const b = normal([K, N], 41 + N);
+      const av = a.dataSync();
+      const bv = b.dataSync();
+      const want = new Float64Array(M * N);
+      for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) want[i * N + j]! += av[i * K + k]! * bv[k * N + j]!;
+      for (const [ta, tb] of [
+        [false, false],
+        [false, true],
+        [true, false],
+        [true, true],
+      ] as const) {
+        const got = tf.tidy(() => matMul2d((ta ? tf.transpose(a) : a) as tf.Tensor2D, (tb ? tf.transpose(b) : b) as tf.Tensor2D, ta, tb).dataSync());
+        expect(got.length).toBe(M * N);
+        const scale = Math.max(1, ...Array.from(want, Math.abs));
+        expect(Math.max(0, ...Array.from(got, (g, i) => Math.abs(g - want[i]!))) / scale, `transpose_a=${ta} transpose_b=${tb}`).toBeLessThan(1e-5);
+      }
+      tf.dispose([a, b]);
+    });
+  }
+
   it('linear: x W^T + b, gradients for x, W and b; and x W^T without a bias', () => {
     const x = normal([37, 24], 5, 3) as tf.Tensor2D;
     const W = normal([11, 24], 8) as tf.Tensor2D;

@@ -19,7 +19,8 @@ function choose(backend: string): Map<string, KernelSource> {
   const out = new Map<string, KernelSource>();
   for (const name of Object.keys(FORMULAS)) {
     const nat = backend === NATIVE_BACKEND ? NATIVE[name] : undefined;
-    out.set(name, nat?.builtin ? 'tensorflow' : nat && library.includes(nat.op) ? 'sinklm' : 'formula');
+    const own = nat && (nat.builtin ? nat.own : nat);
+    out.set(name, own && library.includes(own.op) ? 'sinklm' : nat?.builtin ? 'tensorflow' : 'formula');
   }
   return out;
 }
@@ -38,7 +39,7 @@ export function ensureKernels(): void {
     const kernelFunc: tf.KernelFunc =
       source === 'formula'
         ? ({ inputs, attrs }) => tf.tidy(() => formula(inputs as unknown as Record<string, tf.Tensor>, attrs as Record<string, unknown>))
-        : nativeKernelFunc(NATIVE[name]!);
+        : nativeKernelFunc(source === 'sinklm' && NATIVE[name]!.own ? NATIVE[name]!.own! : NATIVE[name]!);
     tf.registerKernel({ kernelName: name, backendName: backend, kernelFunc });
   }
   registered.set(backend, chosen);

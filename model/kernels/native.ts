@@ -3,7 +3,8 @@
  * binding: TensorFlow's own MatMul, BiasAdd and BiasAddGrad (tfjs-node would run a 2-D
  * x W^T as a batched matmul plus a broadcast add; these are ~1.5x faster), and sinklm's own
  * ops (native/*.cc), which exist once the op library has loaded into the same runtime
- * (core/backend.ts). Each takes the inputs and returns the outputs of the formula of the same
+ * (core/backend.ts); where sinklm has its own op for a built-in (the matrix product), its
+ * own runs. Each takes the inputs and returns the outputs of the formula of the same
  * name in formula.ts.
  */
 import type * as tf from '@tensorflow/tfjs-core';
@@ -29,6 +30,8 @@ export interface NativeKernel {
   attrs: (b: Binding, k: Record<string, unknown>) => Attr[];
   /** A TensorFlow built-in (always there), or one of sinklm's own ops (there once the library loaded). */
   builtin: boolean;
+  /** sinklm's own op for the same kernel, preferred to the built-in once the library loaded. */
+  own?: NativeKernel;
 }
 
 const float32 = (b: Binding): Attr => ({ name: 'T', type: b.TF_ATTR_TYPE, value: b.TF_FLOAT });
@@ -39,17 +42,19 @@ const none = (): Attr[] => [];
 const sinklm = (inputs: string[], outputs: number, attrs: NativeKernel['attrs'] = none) => ({ inputs, outputs, attrs, builtin: false });
 
 /** Kernel name -> how the native backend runs it. sinklm's ops share their kernel's name. */
+const transposes = (b: Binding, k: Record<string, unknown>): Attr[] => [
+  { name: 'transpose_a', type: b.TF_ATTR_BOOL, value: k.transposeA as boolean },
+  { name: 'transpose_b', type: b.TF_ATTR_BOOL, value: k.transposeB as boolean },
+];
+
 export const NATIVE: Record<string, NativeKernel> = {
   SinklmMatMul: {
     op: 'MatMul',
     inputs: ['a', 'b'],
     outputs: 1,
-    attrs: (b, k) => [
-      float32(b),
-      { name: 'transpose_a', type: b.TF_ATTR_BOOL, value: k.transposeA as boolean },
-      { name: 'transpose_b', type: b.TF_ATTR_BOOL, value: k.transposeB as boolean },
-    ],
+    attrs: (b, k) => [float32(b), ...transposes(b, k)],
     builtin: true,
+    own: { op: 'SinklmMatMul', ...sinklm(['a', 'b'], 1, transposes) },
   },
   SinklmBiasAdd: { op: 'BiasAdd', inputs: ['x', 'bias'], outputs: 1, attrs: (b) => [float32(b)], builtin: true },
   SinklmBiasAddGrad: { op: 'BiasAddGrad', inputs: ['dy'], outputs: 1, attrs: (b) => [float32(b)], builtin: true },

@@ -1,0 +1,75 @@
+// SinklmMatMul: C = op(A) op(B) for the linear layers, on the micro-kernel of gemm.h and the
+// pool. The weight gradient dy^T x reads A by columns directly (six contiguous values per k);
+// a transposed B (x W^T with W stored [out, in], as PyTorch stores it) is first copied to
+// [K][N]: one pass over the weight, small next to the product.
+//
+// Work goes in blocks of 24 rows x 128 columns of C, each over K in slices of 256 so that the
+// slice of B a block reads (256 x 128 floats) stays in the core's L2 cache. Every block
+// writes only its own part of C, summing over k in the same order whatever thread runs it.
+#include "common.h"
+#include "gemm.h"
+
+namespace sinklm {
+namespace {
+
+constexpr int64_t kRowsPerUnit = 24;
+constexpr int64_t kColsPerUnit = 128;
+constexpr int64_t kKSlice = 256;
+
+template <bool TA>
+void Product(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+  if (K == 0) {
+    for (int64_t i = 0; i < M; i++) std::memset(C + i * ldc, 0, N * sizeof(float));
+    return;
+  }
+  const int64_t rowUnits = (M + kRowsPerUnit - 1) / kRowsPerUnit;
+  const int64_t colUnits = (N + kColsPerUnit - 1) / kColsPerUnit;
+  ParallelFor(rowUnits * colUnits, [&](int64_t u) {
+    const int64_t i0 = (u / colUnits) * kRowsPerUnit, i1 = std::min(M, i0 + kRowsPerUnit);
+    const int64_t j0 = (u % colUnits) * kColsPerUnit, j1 = std::min(N, j0 + kColsPerUnit);
+    float bpad[kKSlice * kNR];
+    for (int64_t k0 = 0; k0 < K; k0 += kKSlice) {
+      const int64_t k1 = std::min(K, k0 + kKSlice);
+      for (int64_t j = j0; j < j1; j += kNR) Panel<TA>(i0, i1, j, std::min(kNR, j1 - j), k0, k1, A, lda, B, ldb, C, ldc, k0 > 0, bpad);
+    }
+  });
+}
+
+// dst [cols][rows] = src [rows][cols]^T, in 32 x 32 tiles.
+void Transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  const int64_t tb = 32;
+  ParallelFor((rows + tb - 1) / tb, [&](int64_t blk) {
+    const int64_t r0 = blk * tb, r1 = std::min(rows, r0 + tb);
+    for (int64_t c0 = 0; c0 < cols; c0 += tb)
+      for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = c0; c < std::min(cols, c0 + tb); c++) dst[c * rows + r] = src[r * cols + c];
+  });
+}
+
+void MatMul(void* kernel, TF_OpKernelContext* context) {
+  const Attrs& at = *static_cast<Attrs*>(kernel);
+  Ctx c(context);
+  In a, b;
+  if (!c.input(0, &a) || !c.input(1, &b)) return;
+  if (a.shape.size() != 2 || b.shape.size() != 2) return (void)c.fail("SinklmMatMul: both inputs must be matrices");
+  const int64_t M = at.transpose_a ? a.dim(1) : a.dim(0), K = at.transpose_a ? a.dim(0) : a.dim(1);
+  const int64_t Kb = at.transpose_b ? b.dim(1) : b.dim(0), N = at.transpose_b ? b.dim(0) : b.dim(1);
+  if (K != Kb) return (void)c.fail("SinklmMatMul: inner dimensions differ (" + std::to_string(K) + " and " + std::to_string(Kb) + ")");
+  float* out = c.output(0, {M, N});
+  if (!out) return;
+  std::vector<float> bt;
+  const float* B = b.data;
+  if (at.transpose_b) {
+    bt.resize(static_cast<size_t>(K * N));
+    Transpose(b.data, N, K, bt.data());
+    B = bt.data();
+  }
+  if (at.transpose_a) Product<true>(M, N, K, a.data, M, B, N, out, N);
+  else Product<false>(M, N, K, a.data, K, B, N, out, N);
+}
+
+}  // namespace
+
+void MatMulCompute(void* k, TF_OpKernelContext* c) { MatMul(k, c); }
+
+}  // namespace sinklm
