@@ -219,7 +219,7 @@ struct Attrs {
   bool transpose_a = false, transpose_b = false;
 };
 
-// The compute functions, one per op (norm.cc, attention.cc, xent.cc, gemm.cc).
+// The compute functions, one per op (norm.cc, attention.cc, xent.cc, gemm.cc, adamw.cc).
 using Compute = void (*)(void*, TF_OpKernelContext*);
 void LayerNormCompute(void*, TF_OpKernelContext*);
 void LayerNorm2Compute(void*, TF_OpKernelContext*);
@@ -232,5 +232,6 @@ void AttentionGradCompute(void*, TF_OpKernelContext*);
 void XentCompute(void*, TF_OpKernelContext*);
 void XentGradCompute(void*, TF_OpKernelContext*);
 void MatMulCompute(void*, TF_OpKernelContext*);
+void AdamWCompute(void*, TF_OpKernelContext*);
 
 }  // namespace sinklm

@@ -22,7 +22,7 @@
 //
 // The kernels live by subject: norm.cc (LayerNorm, bias + GELU), attention.cc, xent.cc (the
 // loss), gemm.cc (the linear layers' products, on gemm.h's micro-kernel, which attention.cc
-// shares); common.h has what they all share. This file defines the ops and registers them.
+// shares), adamw.cc (the optimizer's update); common.h has what they all share. This file defines the ops and registers them.
 
 #include <node_api.h>
 
@@ -98,6 +98,11 @@ std::vector<OpSpec> Specs() {
        AttentionGradCompute},
       {"SinklmXent", {"logits: float", "labels: int32"}, {"nll: float", "lse: float"}, {}, XentCompute},
       {"SinklmMatMul", {"a: float", "b: float"}, {"product: float"}, {"transpose_a: bool = false", "transpose_b: bool = false"}, MatMulCompute},
+      {"SinklmAdamW",
+       {"p: float", "g: float", "m: float", "v: float", "mask: float", "hyper: float"},
+       {"p_out: float", "m_out: float", "v_out: float"},
+       {},
+       AdamWCompute},
       {"SinklmXentGrad", {"logits: float", "labels: int32", "lse: float", "dnll: float"}, {"dlogits: float"}, {}, XentGradCompute},
   };
 }

@@ -16,6 +16,8 @@ import type { SinkMode } from '../core/config.js';
 import { causalAttention, geluExact, layerNormAffine, layerNormPair, linear, linearGelu, matMul2d, tokenNll } from '../model/fused.js';
 import { kernelSource } from '../model/kernels/index.js';
 import { applyRotary, attentionWeights, NEG_INF, rotaryTables } from '../model/ops.js';
+import type { ParamSpec } from '../model/params.js';
+import { AdamW } from '../train/optimizer.js';
 import { numTensors, testBackend } from './helpers.js';
 
 const info = await testBackend();
@@ -271,6 +273,42 @@ describe.each(BACKENDS)('on the %s backend, each fused operation equals its form
     expect(dy).toBeLessThan(1e-5);
     expect(dg).toBeLessThan(1e-6);
     tf.dispose([x, targets, rowW]);
+  });
+
+  it("AdamW (one flat update) equals PyTorch's AdamW computed in float64: clipping, bias correction, decay on matrices only", () => {
+    const specs: ParamSpec[] = [
+      { name: 'w', shape: [7, 5], kind: 'weight' },
+      { name: 'b', shape: [5], kind: 'bias' },
+    ];
+    const init = specs.map((sp, i) => Array.from(normal(sp.shape, 50 + i).dataSync(), Number));
+    const params = new Map(specs.map((sp, i) => [sp.name, tf.variable(tf.tensor(init[i]!, sp.shape))]));
+    const o = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.5, gradClip: 1 };
+    const opt = new AdamW({ params, specs, weightsChanged: () => {} }, o);
+    const p64 = init.map((a) => Float64Array.from(a));
+    const m64 = init.map((a) => new Float64Array(a.length));
+    const v64 = init.map((a) => new Float64Array(a.length));
+    for (let t = 1; t <= 3; t++) {
+      const lr = 0.01 * t;
+      const g = specs.map((sp, i) => Array.from(normal(sp.shape, 60 + 10 * t + i, t === 2 ? 5 : 0.1).dataSync(), Number));
+      tf.tidy(() => opt.apply(new Map(specs.map((sp, i) => [sp.name, tf.tensor(g[i]!, sp.shape)])), lr));
+      // torch.nn.utils.clip_grad_norm_(max_norm=1) then torch.optim.AdamW, in float64.
+      const norm = Math.sqrt(g.flat().reduce((a, x) => a + x * x, 0));
+      const scale = Math.min(1, o.gradClip / (norm + 1e-6));
+      const [bc1, bc2] = [1 - o.beta1 ** t, 1 - o.beta2 ** t];
+      specs.forEach((sp, i) => {
+        const decay = sp.kind === 'weight' ? o.weightDecay : 0;
+        for (let j = 0; j < p64[i]!.length; j++) {
+          const gj = g[i]![j]! * scale;
+          p64[i]![j]! *= 1 - lr * decay;
+          m64[i]![j] = o.beta1 * m64[i]![j]! + (1 - o.beta1) * gj;
+          v64[i]![j] = o.beta2 * v64[i]![j]! + (1 - o.beta2) * gj * gj;
+          p64[i]![j]! -= ((lr / bc1) * m64[i]![j]!) / (Math.sqrt(v64[i]![j]! / bc2) + o.eps);
+        }
+      });
+    }
+    specs.forEach((sp, i) => expect(relErr(params.get(sp.name)!.dataSync(), p64[i]!), sp.name).toBeLessThan(1e-5));
+    opt.dispose();
+    params.forEach((v) => v.dispose());
   });
 
   it('leave no tensors behind, forward or backward', () => {

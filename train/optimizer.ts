@@ -3,12 +3,13 @@
  * from the gradient (p *= 1 - lr * wd), applied only to matrices, after clipping the
  * gradients to a global norm.
  *
- * The update runs on one flat vector of all parameters: a dozen large ops per step instead
- * of a dozen small ones per parameter (per-op dispatch, not arithmetic, dominates the
- * optimizer's cost in TF.js). The moments are flat float32 tensors; they save to
+ * The update runs on one flat vector of all parameters, as one kernel (SinklmAdamW: one pass
+ * on native TensorFlow with sinklm's ops, the formula elsewhere) instead of a dozen small
+ * ops per parameter (per-op dispatch, not arithmetic, dominates the optimizer's cost in TF.js). The moments are flat float32 tensors; they save to
  * safetensors under each parameter's name, so checkpoints stay readable and resume exactly.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { run } from '../model/kernels/index.js';
 import { decays, type ParamSpec } from '../model/params.js';
 import type { TensorMap } from '../model/safetensors.js';
 
@@ -79,13 +80,12 @@ export class AdamW {
       const p = this.flat(this.specs.map((s) => this.params.get(s.name)!));
       const norm = tf.sqrt(tf.sum(tf.square(g0))) as tf.Scalar;
       // min(1, clip / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.
-      const g = gradClip > 0 ? tf.mul(g0, tf.minimum(tf.div(gradClip, tf.add(norm, 1e-6)), 1)) : g0;
-      this.m.assign(tf.add(tf.mul(this.m, beta1), tf.mul(g, 1 - beta1)));
-      this.v.assign(tf.add(tf.mul(this.v, beta2), tf.mul(tf.square(g), 1 - beta2)));
-      const denom = tf.add(tf.div(tf.sqrt(this.v), Math.sqrt(bc2)), eps);
-      let next = tf.sub(p, tf.mul(tf.div(this.m, denom), lr / bc1));
-      if (weightDecay > 0) next = tf.sub(next, tf.mul(tf.mul(p, this.decayMask), lr * weightDecay));
-      const parts = tf.split(next, this.sizes);
+      const scale = gradClip > 0 ? tf.minimum(tf.div(gradClip, tf.add(norm, 1e-6)), 1) : tf.scalar(1);
+      const hyper = tf.concat([tf.tensor1d([lr, beta1, beta2, eps, weightDecay, bc1, bc2]), tf.reshape(scale, [1])]);
+      const [next, m, v] = run('SinklmAdamW', { p, g: g0, m: this.m, v: this.v, mask: this.decayMask, hyper }) as tf.Tensor[];
+      this.m.assign(m!);
+      this.v.assign(v!);
+      const parts = tf.split(next!, this.sizes);
       this.specs.forEach((s, i) => this.params.get(s.name)!.assign(tf.reshape(parts[i]!, s.shape)));
       // The variables were written directly: copies of the old weights are now stale.
       this.model.weightsChanged();

@@ -164,6 +164,16 @@ export const FORMULAS: Record<string, FormulaKernel> = {
     const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), labels!);
     return [tf.sub(lse, tf.gather(tf.reshape(logits!, [N * V]), flat)), lse];
   },
+  // AdamW on flat vectors; hyper = [lr, beta1, beta2, eps, weight_decay, bc1, bc2, scale].
+  SinklmAdamW: ({ p, g, m, v, mask, hyper }) => {
+    const [lr, b1, b2, eps, wd, bc1, bc2, scale] = tf.split(hyper!, 8) as tf.Scalar[];
+    const gs = tf.mul(g!, scale!);
+    const m1 = tf.add(tf.mul(m!, b1!), tf.mul(gs, tf.sub(1, b1!)));
+    const v1 = tf.add(tf.mul(v!, b2!), tf.mul(tf.square(gs), tf.sub(1, b2!)));
+    const denom = tf.add(tf.div(tf.sqrt(v1), tf.sqrt(bc2!)), eps!);
+    const update = tf.mul(tf.div(m1, denom), tf.div(lr!, bc1!));
+    return [tf.sub(tf.sub(p!, update), tf.mul(tf.mul(p!, mask!), tf.mul(lr!, wd!))), m1, v1];
+  },
   SinklmXentGrad: ({ logits, labels, lse, dnll }) => {
     const V = logits!.shape[1]!;
     const softmax = tf.exp(tf.sub(logits!, tf.expandDims(lse!, 1)));

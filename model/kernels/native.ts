@@ -68,6 +68,7 @@ export const NATIVE: Record<string, NativeKernel> = {
   SinklmAttentionGrad: { op: 'SinklmAttentionGrad', ...sinklm(['qkv', 'qcos', 'qsin', 'kcos', 'ksin', 'sink', 'ctx', 'lse', 'dctx'], 2, attention) },
   SinklmXent: { op: 'SinklmXent', ...sinklm(['logits', 'labels'], 2) },
   SinklmXentGrad: { op: 'SinklmXentGrad', ...sinklm(['logits', 'labels', 'lse', 'dnll'], 1) },
+  SinklmAdamW: { op: 'SinklmAdamW', ...sinklm(['p', 'g', 'm', 'v', 'mask', 'hyper'], 3) },
 };
 
 /** The tfjs kernel function that runs `k` on the native backend. */
