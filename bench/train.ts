@@ -7,7 +7,7 @@
 import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import seedrandom from 'seedrandom';
-import { backendInfo, type KernelInfo } from '../core/backend.js';
+import { backendInfo, retainFreedMemory, type KernelInfo } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { toHFConfig, type NeoXConfig } from '../model/config.js';
 import { modelConfigFor } from '../train/modelconfig.js';
@@ -172,6 +172,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
   const { batch: B, seq: T } = o;
   if (T > c.max_position_embeddings) throw new Error(`seq ${T} exceeds max_position_embeddings ${c.max_position_embeddings}`);
   const loadStart = os.loadavg()[0]!;
+  retainFreedMemory();
   const rng = seedrandom(`sinklm-bench-${o.seed ?? 0}`);
   const model = new GPTNeoX(c, initParams(c, o.seed ?? 0));
   const opt = new AdamW(model, o.adamw);

@@ -89,6 +89,7 @@ export const KERNELS_HOWTO = 'npm run setup-native  (also builds sinklm\'s Tenso
 
 interface OpsProbe {
   ops: string[];
+  retainFreedMemory?: () => boolean;
   library?: string;
   build?: string;
   threads?: number;
@@ -117,11 +118,20 @@ function loadOps(pkg: string): OpsProbe {
   }
   if (!lib) return (opsProbe = { ops: [], error: `not built (no sinklm_ops.node beside ${pkg}'s addon)` });
   try {
-    const m = require(lib) as { ops: string[]; build?: string; threads?: number; error?: string };
-    return (opsProbe = { ops: m.ops, library: lib, build: m.build, threads: m.threads, error: m.error });
+    const m = require(lib) as { ops: string[]; build?: string; threads?: number; error?: string; retainFreedMemory?: () => boolean };
+    return (opsProbe = { ops: m.ops, library: lib, build: m.build, threads: m.threads, error: m.error, retainFreedMemory: m.retainFreedMemory });
   } catch (e) {
     return (opsProbe = { ops: [], library: lib, error: `cannot be loaded: ${String((e as Error)?.message ?? e).split('\n')[0]}` });
   }
+}
+
+/**
+ * For training processes: freed memory stays in the process for the next step instead of
+ * going back to the system and faulting in again (native/ops.cc says why). Needs the op
+ * library (glibc); returns whether it took effect.
+ */
+export function retainFreedMemory(): boolean {
+  return opsProbe?.retainFreedMemory?.() ?? false;
 }
 
 /** sinklm's ops registered in the native runtime (none unless it loaded). */

@@ -14,6 +14,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SinkMode } from '../core/config.js';
 import { causalAttention, geluExact, layerNormAffine, layerNormPair, linear, linearGelu, matMul2d, tokenNll } from '../model/fused.js';
+import { retainFreedMemory } from '../core/backend.js';
 import { kernelSource } from '../model/kernels/index.js';
 import { applyRotary, attentionWeights, NEG_INF, rotaryTables } from '../model/ops.js';
 import type { ParamSpec } from '../model/params.js';
@@ -71,6 +72,11 @@ describe('the op library loads where it was built', () => {
     const want = info.kernels.in_use ? 'sinklm' : 'formula';
     for (const op of ['SinklmLayerNorm', 'SinklmLayerNorm2', 'SinklmBiasGelu', 'SinklmAttention', 'SinklmXent']) expect(kernelSource(op), op).toBe(want);
     if (info.backend === 'tensorflow') expect(kernelSource('SinklmMatMul')).toBe(info.kernels.in_use ? 'sinklm' : 'tensorflow');
+  });
+
+  it('lets a training process keep freed memory for reuse (glibc), where it loaded', () => {
+    const glibc = process.platform === 'linux' && !!(process.report?.getReport() as { header?: { glibcVersionRuntime?: string } })?.header?.glibcVersionRuntime;
+    expect(retainFreedMemory()).toBe(info.kernels.in_use && glibc);
   });
 });
 

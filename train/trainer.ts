@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { ensureBackend } from '../core/backend.js';
+import { ensureBackend, retainFreedMemory } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { makeDirs, writeFileAtomic } from '../core/fsutil.js';
@@ -114,6 +114,7 @@ export function evaluate(model: GPTNeoX, batches: Batch[], B: number, T: number)
 export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<TrainResult> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   const info = await ensureBackend();
+  retainFreedMemory();
   const out = path.resolve(opts.out ?? defaultOutDir(cfg));
   const t = cfg.train;
   checkOutputPath(out, 'folder');
