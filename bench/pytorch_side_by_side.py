@@ -5,6 +5,14 @@
   python3 bench/pytorch_side_by_side.py [--layers 6 --hidden 128 --heads 4 --vocab 4096
       --batch 16 --seq 256 --steps 30 --warmup 5 --threads 2]
       [--config-json FILE_OR_JSON] [--sinklm-json FILE] [--profile]
+  python3 bench/pytorch_side_by_side.py --pairs 5 [--steps 8 --warmup 3] [--out FILE]
+
+With --pairs N it measures both sides itself, alternating: N times `sinklm bench train
+--json` (default config: pythia-14m shape, B=16, T=256), then this script's PyTorch run, each
+in a fresh process, and reports every pair's ratio and the median. PyTorch is measured as
+users run it and, in the same pairs, with glibc's allocator set as sinklm's training sets
+its own (no mmap-served blocks, no heap trim: core/backend.ts retainFreedMemory), which
+spares PyTorch the same page faults; both ratios are reported.
 
 HF GPTNeoXForCausalLM (eager attention, float32, CPU), AdamW(1e-3, betas 0.9/0.95,
 wd 0.1), grad clip 1.0, on random token batches: the data pipeline is not what is being
@@ -47,10 +55,15 @@ def main():
     ap.add_argument("--config-json", help="the `config` object of `sinklm bench train --json` "
                     "(or that whole output), as a file or inline JSON")
     ap.add_argument("--sinklm-json", help="output of `sinklm bench train --json`: adds the ratio")
+    ap.add_argument("--pairs", type=int, help="measure sinklm and PyTorch alternately this many times, "
+                    "each in a fresh process; print the per-pair ratios and their median")
+    ap.add_argument("--out", help="with --pairs: also write the JSON result to this file")
     ap.add_argument("--profile", action="store_true",
                     help="after the timed steps, profile one more with torch.profiler and print "
                     "its table (self CPU time per op) on stderr: where PyTorch's time goes")
     args = ap.parse_args()
+    if args.pairs:
+        return run_pairs(args)
 
     cfg = {}
     if args.config_json:
@@ -155,6 +168,57 @@ def main():
             print(f"sinklm ({s.get('backend')}) / pytorch = {out['ratio_sinklm_over_pytorch']}",
                   file=sys.stderr)
     print(json.dumps(out))
+
+
+RETAINED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
+
+def run_pairs(args):
+    """Alternating sinklm / PyTorch / PyTorch-with-retained-memory runs, each a fresh process."""
+    import statistics
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    steps, warmup = args.steps or 8, args.warmup or 3
+
+    def run(cmd, env=None):
+        r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, **(env or {})})
+        if r.returncode != 0:
+            sys.exit(f"pytorch_side_by_side: {' '.join(cmd[:3])} failed: {r.stderr.strip()[-400:]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    pairs = []
+    for i in range(args.pairs):
+        s = run(["node", "bin/sinklm", "bench", "train", "--json", "--steps", str(steps), "--warmup", str(min(warmup, steps - 1))])
+        me = [sys.executable, os.path.abspath(__file__), "--config-json", json.dumps(s), "--steps", str(steps), "--warmup", str(warmup)]
+        p = run(me)
+        q = run(me, RETAINED)
+        pair = {"sinklm": round(s["tokens_per_s"], 1), "sinklm_cpu_utilization": round(s["cpu_utilization"], 2),
+                "pytorch": p["tokens_per_s"], "pytorch_cpu_utilization": p["cpu_utilization"],
+                "pytorch_retained": q["tokens_per_s"],
+                "ratio": round(s["tokens_per_s"] / p["tokens_per_s"], 3),
+                "ratio_retained": round(s["tokens_per_s"] / q["tokens_per_s"], 3),
+                "loadavg_1min": round(os.getloadavg()[0], 2)}
+        print(f"pair {i + 1}: sinklm {pair['sinklm']:.0f}  pytorch {pair['pytorch']:.0f} ({pair['ratio']:.3f}x)"
+              f"  pytorch, retained memory {pair['pytorch_retained']:.0f} ({pair['ratio_retained']:.3f}x)", file=sys.stderr)
+        pairs.append(pair)
+        backend, kernels, config = s.get("backend"), s.get("kernels"), s.get("config")
+    out = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "backend": backend,
+        "kernels": kernels, "config": config, "batch": s.get("batch"), "seq": s.get("seq"),
+        "steps": steps, "warmup": warmup, "pairs": pairs,
+        "median_ratio": statistics.median(p["ratio"] for p in pairs),
+        "median_ratio_retained": statistics.median(p["ratio_retained"] for p in pairs),
+        "median_sinklm": statistics.median(p["sinklm"] for p in pairs),
+        "median_pytorch": statistics.median(p["pytorch"] for p in pairs),
+        "median_pytorch_retained": statistics.median(p["pytorch_retained"] for p in pairs),
+        "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+        "cores": os.cpu_count(),
+    }
+    text = json.dumps(out, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

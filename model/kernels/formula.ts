@@ -177,6 +177,6 @@ export const FORMULAS: Record<string, FormulaKernel> = {
   SinklmXentGrad: ({ logits, labels, lse, dnll }) => {
     const V = logits!.shape[1]!;
     const softmax = tf.exp(tf.sub(logits!, tf.expandDims(lse!, 1)));
-    return tf.mul(tf.sub(softmax, tf.oneHot(labels!, V)), tf.expandDims(dnll!, 1));
+    return tf.mul(tf.sub(softmax, tf.oneHot(labels!, V, 1, 0, 'float32')), tf.expandDims(dnll!, 1));
   },
 };
