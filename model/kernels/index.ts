@@ -7,20 +7,24 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { sinklmOps } from '../../core/backend.js';
 import { FORMULAS } from './formula.js';
-import { NATIVE, NATIVE_BACKEND, nativeKernelFunc } from './native.js';
+import { compositeKernelFunc, COMPOSITES, NATIVE, NATIVE_BACKEND, nativeKernelFunc } from './native.js';
 
 export type KernelSource = 'tensorflow' | 'sinklm' | 'formula';
 
 const registered = new Map<string, Map<string, KernelSource>>();
 
-/** Which implementation of each kernel `backend` gets: native where it has one, else the formula. */
+/**
+ * Which implementation of each kernel `backend` gets: sinklm's own op where the library has
+ * it, else TensorFlow's built-ins (one op, or a few: COMPOSITES), else the formula.
+ */
 function choose(backend: string): Map<string, KernelSource> {
   const library = backend === NATIVE_BACKEND ? sinklmOps() : [];
   const out = new Map<string, KernelSource>();
   for (const name of Object.keys(FORMULAS)) {
     const nat = backend === NATIVE_BACKEND ? NATIVE[name] : undefined;
     const own = nat && (nat.builtin ? nat.own : nat);
-    out.set(name, own && library.includes(own.op) ? 'sinklm' : nat?.builtin ? 'tensorflow' : 'formula');
+    const builtin = nat?.builtin || (backend === NATIVE_BACKEND && name in COMPOSITES);
+    out.set(name, own && library.includes(own.op) ? 'sinklm' : builtin ? 'tensorflow' : 'formula');
   }
   return out;
 }
@@ -39,7 +43,9 @@ export function ensureKernels(): void {
     const kernelFunc: tf.KernelFunc =
       source === 'formula'
         ? ({ inputs, attrs }) => tf.tidy(() => formula(inputs as unknown as Record<string, tf.Tensor>, attrs as Record<string, unknown>))
-        : nativeKernelFunc(source === 'sinklm' && NATIVE[name]!.own ? NATIVE[name]!.own! : NATIVE[name]!);
+        : source === 'tensorflow' && name in COMPOSITES
+          ? compositeKernelFunc(name)
+          : nativeKernelFunc(source === 'sinklm' && NATIVE[name]!.own ? NATIVE[name]!.own! : NATIVE[name]!);
     tf.registerKernel({ kernelName: name, backendName: backend, kernelFunc });
   }
   registered.set(backend, chosen);

@@ -7,13 +7,13 @@
  * own runs. Each takes the inputs and returns the outputs of the formula of the same
  * name in formula.ts.
  */
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 
 export const NATIVE_BACKEND = 'tensorflow';
 
 /** The subset of tfjs-node's backend these kernels use. */
 interface NodeBackend {
-  binding: { TF_ATTR_TYPE: number; TF_ATTR_BOOL: number; TF_ATTR_INT: number; TF_ATTR_FLOAT: number; TF_FLOAT: number };
+  binding: { TF_ATTR_TYPE: number; TF_ATTR_BOOL: number; TF_ATTR_INT: number; TF_ATTR_FLOAT: number; TF_FLOAT: number; TF_INT32: number };
   executeMultipleOutputs(name: string, attrs: Attr[], inputs: tf.TensorInfo[], n: number): tf.Tensor[];
 }
 
@@ -70,6 +70,36 @@ export const NATIVE: Record<string, NativeKernel> = {
   SinklmXentGrad: { op: 'SinklmXentGrad', ...sinklm(['logits', 'labels', 'lse', 'dnll'], 1) },
   SinklmAdamW: { op: 'SinklmAdamW', ...sinklm(['p', 'g', 'm', 'v', 'mask', 'hyper'], 3) },
 };
+
+/**
+ * Kernels that TensorFlow's built-ins do better than the formulas when sinklm's library is
+ * absent: the cross entropy on SparseSoftmaxCrossEntropyWithLogits, whose one pass gives the
+ * loss and softmax - onehot (the formula would make a dozen passes over the [N, V] logits).
+ */
+export const COMPOSITES: Record<string, (inputs: Record<string, tf.Tensor>, be: NodeBackend) => tf.Tensor | tf.Tensor[]> = {
+  SinklmXent: ({ logits, labels }, be) => {
+    const [nll, backprop] = sparseXent(be, logits!, labels!);
+    backprop!.dispose();
+    const [N, V] = logits!.shape as [number, number];
+    const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), labels!);
+    return [nll!, tf.add(nll!, tf.gather(tf.reshape(logits!, [N * V]), flat))];
+  },
+  SinklmXentGrad: ({ logits, labels, dnll }, be) => {
+    const [nll, backprop] = sparseXent(be, logits!, labels!);
+    nll!.dispose();
+    return tf.mul(backprop!, tf.expandDims(dnll!, 1));
+  },
+};
+
+function sparseXent(be: NodeBackend, logits: tf.Tensor, labels: tf.Tensor): tf.Tensor[] {
+  const b = be.binding;
+  return be.executeMultipleOutputs('SparseSoftmaxCrossEntropyWithLogits', [float32(b), { name: 'Tlabels', type: b.TF_ATTR_TYPE, value: b.TF_INT32 }], [logits, labels], 2);
+}
+
+/** The tfjs kernel function that runs composite `name` on the native backend. */
+export function compositeKernelFunc(name: string): tf.KernelFunc {
+  return ({ inputs, backend }) => tf.tidy(() => COMPOSITES[name]!(inputs as unknown as Record<string, tf.Tensor>, backend as unknown as NodeBackend));
+}
 
 /** The tfjs kernel function that runs `k` on the native backend. */
 export function nativeKernelFunc(k: NativeKernel): tf.KernelFunc {
