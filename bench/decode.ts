@@ -20,8 +20,8 @@ import { progressBar } from '../core/progress.js';
 import { DenseCache } from '../infer/cache/dense.js';
 import { SinkCache } from '../infer/cache/sinks.js';
 import { decodePath, makePolicy, parseCache, stepOn, type DecodePath, type PolicyName } from '../infer/policy.js';
-import { headDim } from '../model/config.js';
-import { hostMemory } from '../model/hostmem.js';
+import { headDim, type NeoXConfig } from '../model/config.js';
+import { hostMemory, hostWeightBytes } from '../model/hostmem.js';
 import type { GPTNeoX } from '../model/neox.js';
 import { profileKernels, type KernelStat } from './profile.js';
 import { median } from './train.js';
@@ -47,6 +47,12 @@ export interface DecodeRow {
   /** Kernels run for one token (tf.profile), and the ones that took longest. */
   ops_per_token: number;
   top_kernels: KernelStat[];
+  /** Bytes one token must read at least once: the weights the step multiplies by, and the keys and values of every layer. */
+  bytes_per_token: number;
+  /** The time to read those bytes once, measured in this process and run (readBoundMs). */
+  read_bound_ms: number;
+  /** ms_median over read_bound_ms: how far the step is from the memory-read bound. */
+  over_bound: number;
 }
 
 export interface DecodeRatio {
@@ -77,6 +83,44 @@ export function cacheSpecFor(policy: PolicyName, C: number, sinks: number): { si
 }
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+
+/** The bytes a one-token step over `keys` cached tokens must touch: weights and the layers' keys and values. */
+export function bytesPerToken(c: NeoXConfig, keys: number): number {
+  return hostWeightBytes(c) + 4 * 2 * c.num_hidden_layers * keys * c.hidden_size;
+}
+
+/**
+ * The memory-read bound: the shortest of several timed reads of `bytes`, each one pass of
+ * the host step's SIMD matrix-vector kernel over a block that size (rows of 1,024 floats,
+ * each read once), in this process (the shortest: a bound is what the machine can do, and
+ * other processes only ever lengthen a read). No one-token step that reads its weights and cache can beat it
+ * on one thread; a step's ratio to it says how much of its time is anything else.
+ */
+export function readBoundMs(bytes: number, reps = 9): number {
+  const mem = hostMemory();
+  const n = 1024;
+  const m = Math.max(1, Math.ceil(bytes / 4 / n));
+  const w = mem.alloc(m * n);
+  const x = mem.alloc(n);
+  const y = mem.alloc(m);
+  try {
+    mem.f32(x, n).fill(1);
+    const ms: number[] = [];
+    for (let r = 0; r < reps + 1; r++) {
+      const t0 = performance.now();
+      mem.matvec(x, w, n, 0, y, n, m);
+      if (r > 0) ms.push(performance.now() - t0);
+    }
+    return Math.min(...ms);
+  } finally {
+    for (const off of [w, x, y]) mem.release(off);
+  }
+}
+
+const bound = (c: NeoXConfig, keys: number) => {
+  const bytes = bytesPerToken(c, keys);
+  return { bytes_per_token: bytes, read_bound_ms: readBoundMs(bytes) };
+};
 const rssMb = () => process.memoryUsage().rss / 2 ** 20;
 
 /** Feeds n tokens into a cache in prefill chunks (no logits read). */
@@ -114,7 +158,10 @@ async function cachedRow(model: GPTNeoX, policy: 'sinks' | 'window' | 'dense', C
     const prof = await profileKernels(one, 5);
     const ms = timeTokens(o.tokens, one);
     const kv = cache.size;
+    const b = bound(c, kv);
     return {
+      ...b,
+      over_bound: median(ms) / b.read_bound_ms,
       policy,
       decode: path,
       cache: C,
@@ -147,7 +194,10 @@ async function recomputeRow(model: GPTNeoX, C: number, o: DecodeBenchOptions, ra
   timeTokens(o.warmup, one);
   const prof = await profileKernels(one, 5);
   const ms = timeTokens(o.recomputeTokens, one);
+  const b = bound(model.config, C);
   return {
+    ...b,
+    over_bound: median(ms) / b.read_bound_ms,
     policy: 'recompute',
     decode: 'tensor',
     cache: C,

@@ -90,6 +90,14 @@ describe('bench', () => {
       expect(r.decode).toBe(r.policy === 'recompute' ? 'tensor' : 'host');
       // Every policy attends to exactly the cache size on its last timed token.
       expect(r.kv_tokens).toBe(r.cache);
+      // The read bound counts every weight matrix the step multiplies by (embed_in is only
+      // looked up) and every layer's keys and values; each row carries its ratio to it.
+      const D = c.hidden_size;
+      const F = c.intermediate_size;
+      const weights = c.num_hidden_layers * (4 * D * D + 4 * D + 2 * F * D + F + D) + c.vocab_size * D;
+      expect(r.bytes_per_token).toBe(4 * (weights + 2 * c.num_hidden_layers * r.cache * D));
+      expect(r.read_bound_ms).toBeGreaterThan(0);
+      expect(r.over_bound).toBeCloseTo(r.ms_median / r.read_bound_ms, 10);
     }
     expect(rows.find((r) => r.policy === 'sinks' && r.cache === 8)!.cache_spec).toBe('4+4');
     expect(ratios.map((q) => q.cache)).toEqual([8, 16]);

@@ -251,10 +251,11 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
         }
         const out = [`sinklm bench decode  [backend ${m.backend}, ${m.threads} threads, load average ${m.loadavg.toFixed(2)}]  model: ${source}, ${(params / 1e6).toFixed(2)}M params`];
         if (rows.length) {
-          out.push(`policy     cache  step    ms/token  median  backend kernels/token  kv   rss MB  tensor MB   (timed tokens: ${args.tokens}, recompute ${args['recompute-tokens']}, after ${args.warmup} warmup)`);
+          out.push(`policy     cache  step    ms/token  median  backend kernels/token  kv   rss MB  tensor MB  read bound  x bound   (timed tokens: ${args.tokens}, recompute ${args['recompute-tokens']}, after ${args.warmup} warmup)`);
           for (const r of rows) {
-            out.push(`${r.policy.padEnd(9)} ${String(r.cache).padStart(6)}  ${r.decode.padEnd(6)} ${r.ms_per_token.toFixed(2).padStart(9)} ${r.ms_median.toFixed(2).padStart(7)} ${String(r.ops_per_token).padStart(22)} ${String(r.kv_tokens).padStart(5)} ${r.rss_mb.toFixed(0).padStart(7)} ${r.tensor_mb.toFixed(1).padStart(9)}`);
+            out.push(`${r.policy.padEnd(9)} ${String(r.cache).padStart(6)}  ${r.decode.padEnd(6)} ${r.ms_per_token.toFixed(2).padStart(9)} ${r.ms_median.toFixed(2).padStart(7)} ${String(r.ops_per_token).padStart(22)} ${String(r.kv_tokens).padStart(5)} ${r.rss_mb.toFixed(0).padStart(7)} ${r.tensor_mb.toFixed(1).padStart(9)} ${r.read_bound_ms.toFixed(3).padStart(8)} ms ${r.over_bound.toFixed(1).padStart(7)}x`);
           }
+          out.push(`read bound: the time to read once the bytes a token must touch (weights + every layer's keys and values at that cache), measured here; x bound: the median over it`);
           out.push(`step: where the cached one-token step ran (host: typed arrays + SIMD WebAssembly, no backend kernels; tensor: backend kernels; SINKLM_DECODE=host|tensor)`);
           for (const q of ratios) out.push(`recompute / sinks at ${q.cache}: ${q.recompute_over_sinks.toFixed(1)}x (medians; means ${q.recompute_over_sinks_mean.toFixed(1)}x); the paper: 22.2x at 4096 for Llama-2-13B`);
         }
