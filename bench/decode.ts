@@ -93,8 +93,9 @@ export function bytesPerToken(c: NeoXConfig, keys: number): number {
  * The memory-read bound: the shortest of several timed reads of `bytes`, each one pass of
  * the host step's SIMD matrix-vector kernel over a block that size (rows of 1,024 floats,
  * each read once), in this process (the shortest: a bound is what the machine can do, and
- * other processes only ever lengthen a read). No one-token step that reads its weights and cache can beat it
- * on one thread; a step's ratio to it says how much of its time is anything else.
+ * other processes only ever lengthen a read). No one-token step that reads its weights and
+ * cache can beat it on one thread; a step's ratio to it says how much of its time is
+ * anything else.
  */
 export function readBoundMs(bytes: number, reps = 9): number {
   const mem = hostMemory();

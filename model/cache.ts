@@ -7,6 +7,9 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 
+/** Masked-out attention scores. Finite, so a max over a row never meets -inf - -inf. */
+export const NEG_INF = -1e9;
+
 export interface CacheLayout {
   /** Rotary position of each of the n new tokens, per stream: [B * n]. */
   queryPositions: Int32Array;

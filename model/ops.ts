@@ -5,12 +5,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { SinkMode } from '../core/config.js';
+import { NEG_INF } from './cache.js';
 import { geluExact, layerNormAffine, linear } from './fused.js';
 
-export { linear };
-
-/** Masked-out attention scores. Finite, so a max over a row never meets -inf - -inf. */
-export const NEG_INF = -1e9;
+export { linear, NEG_INF };
 
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
   return layerNormAffine(x, weight, bias, eps);

@@ -5,8 +5,9 @@
  *
  * The update runs on one flat vector of all parameters, as one kernel (SinklmAdamW: one pass
  * on native TensorFlow with sinklm's ops, the formula elsewhere) instead of a dozen small
- * ops per parameter (per-op dispatch, not arithmetic, dominates the optimizer's cost in TF.js). The moments are flat float32 tensors; they save to
- * safetensors under each parameter's name, so checkpoints stay readable and resume exactly.
+ * ops per parameter (per-op dispatch, not arithmetic, dominates the optimizer's cost in
+ * TF.js). The moments are flat float32 tensors; they save to safetensors under each
+ * parameter's name, so checkpoints stay readable and resume exactly.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { run } from '../model/kernels/index.js';

@@ -7,14 +7,13 @@
  * each against tfjs's chain rule through the forward formula, on every backend it can reach.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { NEG_INF } from '../cache.js';
 
 export type Inputs = Record<string, tf.Tensor>;
 export type KernelAttrs = Record<string, unknown>;
 export type FormulaKernel = (inputs: Inputs, attrs: KernelAttrs) => tf.Tensor | tf.Tensor[];
 
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
-/** Masked-out attention scores; finite, so a row max never meets -inf - -inf. */
-const NEG_INF = -1e9;
 
 /** xhat = (x - mean) * rstd over the last axis of x [N, D]; rstd [N]. */
 function normalized(x: tf.Tensor, eps: number): { xhat: tf.Tensor; rstd: tf.Tensor } {
@@ -27,6 +26,13 @@ function normalized(x: tf.Tensor, eps: number): { xhat: tf.Tensor; rstd: tf.Tens
 function normalizeGrad(xhat: tf.Tensor, rstd: tf.Tensor, g: tf.Tensor): tf.Tensor {
   const centred = tf.sub(g, tf.mean(g, -1, true));
   return tf.mul(tf.sub(centred, tf.mul(xhat, tf.mean(tf.mul(g, xhat), -1, true))), tf.expandDims(rstd, 1));
+}
+
+/** logits[i, labels[i]] of logits [N, V]: one gather on the flat logits. */
+export function pickedLogits(logits: tf.Tensor, labels: tf.Tensor): tf.Tensor {
+  const [N, V] = logits.shape as [number, number];
+  const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), labels);
+  return tf.gather(tf.reshape(logits, [N * V]), flat);
 }
 
 const cdf = (u: tf.Tensor) => tf.mul(tf.add(tf.erf(tf.mul(u, Math.SQRT1_2)), 1), 0.5);
@@ -159,11 +165,15 @@ export const FORMULAS: Record<string, FormulaKernel> = {
 
   // nll = lse - logits[label], lse = logsumexp over the row; dlogits = dnll * (softmax - onehot).
   SinklmXent: ({ logits, labels }) => {
-    const [N, V] = logits!.shape as [number, number];
     const lse = tf.logSumExp(logits!, -1);
-    const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), labels!);
-    return [tf.sub(lse, tf.gather(tf.reshape(logits!, [N * V]), flat)), lse];
+    return [tf.sub(lse, pickedLogits(logits!, labels!)), lse];
   },
+  SinklmXentGrad: ({ logits, labels, lse, dnll }) => {
+    const V = logits!.shape[1]!;
+    const softmax = tf.exp(tf.sub(logits!, tf.expandDims(lse!, 1)));
+    return tf.mul(tf.sub(softmax, tf.oneHot(labels!, V, 1, 0, 'float32')), tf.expandDims(dnll!, 1));
+  },
+
   // AdamW on flat vectors; hyper = [lr, beta1, beta2, eps, weight_decay, bc1, bc2, scale].
   SinklmAdamW: ({ p, g, m, v, mask, hyper }) => {
     const [lr, b1, b2, eps, wd, bc1, bc2, scale] = tf.split(hyper!, 8) as tf.Scalar[];
@@ -173,10 +183,5 @@ export const FORMULAS: Record<string, FormulaKernel> = {
     const denom = tf.add(tf.div(tf.sqrt(v1), tf.sqrt(bc2!)), eps!);
     const update = tf.mul(tf.div(m1, denom), tf.div(lr!, bc1!));
     return [tf.sub(tf.sub(p!, update), tf.mul(tf.mul(p!, mask!), tf.mul(lr!, wd!))), m1, v1];
-  },
-  SinklmXentGrad: ({ logits, labels, lse, dnll }) => {
-    const V = logits!.shape[1]!;
-    const softmax = tf.exp(tf.sub(logits!, tf.expandDims(lse!, 1)));
-    return tf.mul(tf.sub(softmax, tf.oneHot(labels!, V, 1, 0, 'float32')), tf.expandDims(dnll!, 1));
   },
 };

@@ -14,19 +14,17 @@ export type KernelSource = 'tensorflow' | 'sinklm' | 'formula';
 const registered = new Map<string, Map<string, KernelSource>>();
 
 /**
- * Which implementation of each kernel `backend` gets: sinklm's own op where the library has
+ * The implementation kernel `name` gets on `backend`: sinklm's own op where the library has
  * it, else TensorFlow's built-ins (one op, or a few: COMPOSITES), else the formula.
  */
-function choose(backend: string): Map<string, KernelSource> {
-  const library = backend === NATIVE_BACKEND ? sinklmOps() : [];
-  const out = new Map<string, KernelSource>();
-  for (const name of Object.keys(FORMULAS)) {
-    const nat = backend === NATIVE_BACKEND ? NATIVE[name] : undefined;
-    const own = nat && (nat.builtin ? nat.own : nat);
-    const builtin = nat?.builtin || (backend === NATIVE_BACKEND && name in COMPOSITES);
-    out.set(name, own && library.includes(own.op) ? 'sinklm' : builtin ? 'tensorflow' : 'formula');
-  }
-  return out;
+function implementation(name: string, backend: string, library: string[]): { source: KernelSource; kernelFunc: tf.KernelFunc } {
+  const nat = backend === NATIVE_BACKEND ? NATIVE[name] : undefined;
+  const own = nat?.builtin ? nat.own : nat;
+  if (own && library.includes(own.op)) return { source: 'sinklm', kernelFunc: nativeKernelFunc(own) };
+  if (nat?.builtin) return { source: 'tensorflow', kernelFunc: nativeKernelFunc(nat) };
+  if (backend === NATIVE_BACKEND && name in COMPOSITES) return { source: 'tensorflow', kernelFunc: compositeKernelFunc(name) };
+  const formula = FORMULAS[name]!;
+  return { source: 'formula', kernelFunc: ({ inputs, attrs }) => tf.tidy(() => formula(inputs as unknown as Record<string, tf.Tensor>, attrs as Record<string, unknown>)) };
 }
 
 /**
@@ -36,17 +34,12 @@ function choose(backend: string): Map<string, KernelSource> {
 export function ensureKernels(): void {
   const backend = tf.getBackend();
   if (registered.has(backend)) return;
-  const chosen = choose(backend);
-  for (const [name, source] of chosen) {
-    if (tf.getKernel(name, backend)) continue;
-    const formula = FORMULAS[name]!;
-    const kernelFunc: tf.KernelFunc =
-      source === 'formula'
-        ? ({ inputs, attrs }) => tf.tidy(() => formula(inputs as unknown as Record<string, tf.Tensor>, attrs as Record<string, unknown>))
-        : source === 'tensorflow' && name in COMPOSITES
-          ? compositeKernelFunc(name)
-          : nativeKernelFunc(source === 'sinklm' && NATIVE[name]!.own ? NATIVE[name]!.own! : NATIVE[name]!);
-    tf.registerKernel({ kernelName: name, backendName: backend, kernelFunc });
+  const library = backend === NATIVE_BACKEND ? sinklmOps() : [];
+  const chosen = new Map<string, KernelSource>();
+  for (const name of Object.keys(FORMULAS)) {
+    const { source, kernelFunc } = implementation(name, backend, library);
+    chosen.set(name, source);
+    if (!tf.getKernel(name, backend)) tf.registerKernel({ kernelName: name, backendName: backend, kernelFunc });
   }
   registered.set(backend, chosen);
 }

@@ -8,6 +8,7 @@
  * name in formula.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { pickedLogits } from './formula.js';
 
 export const NATIVE_BACKEND = 'tensorflow';
 
@@ -41,12 +42,12 @@ const attention = (b: Binding, k: Record<string, unknown>): Attr[] =>
 const none = (): Attr[] => [];
 const sinklm = (inputs: string[], outputs: number, attrs: NativeKernel['attrs'] = none) => ({ inputs, outputs, attrs, builtin: false });
 
-/** Kernel name -> how the native backend runs it. sinklm's ops share their kernel's name. */
 const transposes = (b: Binding, k: Record<string, unknown>): Attr[] => [
   { name: 'transpose_a', type: b.TF_ATTR_BOOL, value: k.transposeA as boolean },
   { name: 'transpose_b', type: b.TF_ATTR_BOOL, value: k.transposeB as boolean },
 ];
 
+/** Kernel name -> how the native backend runs it. sinklm's ops share their kernel's name. */
 export const NATIVE: Record<string, NativeKernel> = {
   SinklmMatMul: {
     op: 'MatMul',
@@ -80,9 +81,7 @@ export const COMPOSITES: Record<string, (inputs: Record<string, tf.Tensor>, be: 
   SinklmXent: ({ logits, labels }, be) => {
     const [nll, backprop] = sparseXent(be, logits!, labels!);
     backprop!.dispose();
-    const [N, V] = logits!.shape as [number, number];
-    const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), labels!);
-    return [nll!, tf.add(nll!, tf.gather(tf.reshape(logits!, [N * V]), flat))];
+    return [nll!, tf.add(nll!, pickedLogits(logits!, labels!))];
   },
   SinklmXentGrad: ({ logits, labels, dnll }, be) => {
     const [nll, backprop] = sparseXent(be, logits!, labels!);
