@@ -2,8 +2,18 @@
  * The contract between the model's incremental step and a KV-cache policy (infer/cache/).
  * The model never knows which policy runs: it asks the cache where the new tokens sit
  * (positions, mask), hands it each layer's new keys and values, and attends to whatever
- * the cache gives back. Keys are handed over BEFORE the rotary transform, so a policy can
- * re-position them (StreamingLLM assigns positions within the cache, not in the text).
+ * the cache gives back. The tensor step hands keys over BEFORE the rotary transform, so a
+ * policy can re-position them (StreamingLLM assigns positions within the cache, not in
+ * the text).
+ *
+ * The host step (model/hoststep.ts) instead stores each key rotated once, at its token's
+ * time (its index in the stream, which never changes while the token is cached), and
+ * never rotates it again. Rotary scores depend only on the distance between query and key
+ * positions, so a key whose position is its time plus an offset (position - time, the
+ * same for every key a policy moves together: StreamingLLM's window, or its sinks) is
+ * scored against the query rotated at the query's position minus that offset. Per token
+ * that is one query rotation per distinct offset (StreamingLLM has two), not one rotation
+ * per cached key; the layout's times say which offset each key has.
  */
 import type * as tf from '@tensorflow/tfjs-core';
 
@@ -17,6 +27,10 @@ export interface CacheLayout {
   keyPositions: Int32Array;
   /** Additive mask [B, n, L]: 0 where query i may see key j, NEG_INF elsewhere. */
   bias: Float32Array;
+  /** Time (index in the stream) of each of the n new tokens, per stream: [B * n]. */
+  queryTimes: Float64Array;
+  /** Time of the token in each key slot, [B * L]; for an empty (masked) slot, its position. */
+  keyTimes: Float64Array;
   /** Streams stepping together (default 1); the step's ids are [B * n], stream-major. */
   batch?: number;
 }

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../core/errors.js';
 import { makeDirs, readJsonFile, writeFileAtomic } from '../core/fsutil.js';
+import { checkInputDir } from '../core/outpath.js';
 import { fromHFConfig, toHFConfig, type NeoXConfig } from './config.js';
 import { GPTNeoX } from './neox.js';
 import { isIgnoredBuffer, paramSpecs } from './params.js';
@@ -22,6 +23,18 @@ export function readCheckpointConfig(dir: string): NeoXConfig {
   }
   const file = path.join(dir, CONFIG_FILE);
   return fromHFConfig(readJsonFile(file), file);
+}
+
+/**
+ * What can be known of a checkpoint folder without a backend: it is a folder, its config
+ * reads, its weights are safetensors. Commands run it in their checks, before TensorFlow
+ * starts, so a wrong folder costs no start-up (and TensorFlow's start-up lines never come
+ * before the one error line).
+ */
+export function checkCheckpointDir(dir: string, what: string): void {
+  checkInputDir(dir, what);
+  readCheckpointConfig(dir);
+  weightFiles(dir);
 }
 
 export const WEIGHTS_INDEX_FILE = 'model.safetensors.index.json';

@@ -48,6 +48,7 @@ interface Kernels {
   matvec(x: number, w: number, stride: number, b: number, bias: number, y: number, n: number, m: number): void;
   matrows(x: number, rows: number, w: number, b: number, bias: number, y: number, n: number, m: number): void;
   wsum(p: number, v: number, stride: number, out: number, n: number, m: number): void;
+  softmax(s: number, bias: number, m: number, extra: number): void;
 }
 
 export class HostMemory {
@@ -145,6 +146,16 @@ export class HostMemory {
   /** out[0..n) = sum over j < m of p[j] * v[j * stride .. + n). */
   wsum(p: number, v: number, stride: number, out: number, n: number, m: number): void {
     this.kernels.wsum(p, v, stride, out, n, m);
+  }
+
+  /**
+   * Attention's softmax over the m scores at s, in place: s[j] += bias[j] (bias 0: no
+   * mask), then exp(s[j] - max) over exp(extra - max) + the sum of them all. `extra` is
+   * the implicit sink's logit: -Infinity for a plain softmax, 0 for softmax1, the head's
+   * logit for the per-head sink logit. SIMD exp (float32, within 2 ulp), float64 sum.
+   */
+  softmax(s: number, bias: number, m: number, extra: number): void {
+    this.kernels.softmax(s, bias, m, extra);
   }
 }
 

@@ -9,9 +9,13 @@
  * under 1 ms is arithmetic.
  *
  * It is the same model, not an approximation: the same weights (copied once from the
- * GPTNeoX), the same cache layouts (positions within the cache, keys re-rotated from their
- * pre-rotary form, the additive mask), the same four sink modes, float32 storage.
- * test/hoststep.test.ts checks it against GPTNeoX.step to 1e-5 in every mode. Training,
+ * GPTNeoX), the same cache layouts (positions within the cache, the additive mask), the
+ * same four sink modes, float32 storage. Only how positions are applied differs: each key
+ * is stored rotated once, at its time in the stream, and the query is rotated once per
+ * offset between the layout's positions and times (model/cache.ts), so a token costs no
+ * rotary work per cached key; the angles are float64, so times in the millions lose
+ * nothing. test/hoststep.test.ts checks it against GPTNeoX.step to 2e-5 in every mode,
+ * and a 300k-token stream against fresh forwards at the cache's positions. Training,
  * scoring and recompute (full forwards over many tokens, where TensorFlow's batched
  * kernels win) stay on the tensor path; on a GPU the step stays there too
  * (infer/policy.ts decodePath; SINKLM_DECODE=host|tensor overrides).
@@ -20,13 +24,15 @@ import { checkPositions, type CacheLayout } from './cache.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { hostMemory } from './hostmem.js';
 import type { GPTNeoX } from './neox.js';
+import { rotaryFrequencies } from './ops.js';
 
 /** A cache that keeps keys and values on the host, in hostMemory() (see infer/cache/). */
 export interface HostKVCache {
   readonly batch?: number;
   begin(n: number): CacheLayout;
   /**
-   * Stores one layer's new keys/values ([B, H, n, hd] float32, pre-rotary) and returns the
+   * Stores one layer's new keys/values ([B, H, n, hd] float32, keys rotated at the layout's
+   * queryTimes: model/cache.ts) and returns the
    * byte offsets in hostMemory() of the blocks attention reads: [B, H, stride, hd], of
    * which the first L slots (L = the layout's keys per stream) are live.
    */
@@ -113,8 +119,8 @@ export class HostStep {
   private readonly lnFw: Float32Array;
   private readonly lnFb: Float32Array;
   private readonly embedOut: HostLinear;
-  private readonly cos: Float32Array;
-  private readonly sin: Float32Array;
+  /** Rotary's angular frequencies (float32 values, as HF's inv_freq). */
+  private readonly freq: Float64Array;
   /** Blocks of host memory holding this step's weights. */
   private readonly blocks: number[] = [];
   /** Activation blocks, kept while big enough for the step's rows and keys. */
@@ -158,9 +164,7 @@ export class HostStep {
         sinks: c.sink_mode === 'logit' ? w(`${p}.attention.sinks`) : null,
       };
     });
-    const rope = model.ropeTables();
-    this.cos = rope.cos;
-    this.sin = rope.sin;
+    this.freq = rotaryFrequencies(rotaryDims(c), c.rotary_emb_base);
   }
 
   private scratchFor(rows: number, L: number): Scratch {
@@ -179,6 +183,7 @@ export class HostStep {
       logits: a(rows * c.vocab_size),
       q: a(headDim(c)),
       p: a(L),
+      bias: a(rows * L),
     };
     this.scratch = { rows, L, at };
     return at;
@@ -215,6 +220,9 @@ export class HostStep {
       x.set(this.embedIn.subarray(id * D, (id + 1) * D), r * D);
     }
     const at = this.scratchFor(rows, L);
+    mem.f32(at.bias, rows * L).set(layout.bias);
+    const keyAngles = Array.from({ length: rows }, (_, r) => this.angles(layout.queryTimes[r]!));
+    const runs = this.runsOf(layout, B, n, L);
     const xhat = new Float32Array(rows * D);
     const q = new Float32Array(rows * D);
     const kNew = new Float32Array(rows * D);
@@ -242,9 +250,18 @@ export class HostStep {
           }
         }
       }
+      // Each new key is rotated once, at its time; the cache keeps it so.
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < H; h++) {
+          for (let i = 0; i < n; i++) {
+            const o = ((b * H + h) * n + i) * hd;
+            rotate(kNew, o, kNew, o, keyAngles[b * n + i]!, hd);
+          }
+        }
+      }
       // The cache may grow host memory here: views are taken again after it.
       const kv = cache.updateHost(li, kNew, vNew);
-      this.attend(q, kv, layout, lw.sinks, B, n, L, at);
+      this.attend(q, kv, runs, lw.sinks, B, n, L, at);
       this.linear(lw.dense, at.ctx, at.attn, rows);
       affine(xhat, lw.ln2w, lw.ln2b, D, mem.f32(at.a, rows * D));
       this.linear(lw.up, at.a, at.up, rows);
@@ -262,15 +279,48 @@ export class HostStep {
     return logits;
   }
 
+  /** cos then sin of each rotary frequency at position p (float64 angles: any p is exact to ~1e-16 relative). */
+  private angles(p: number): Float64Array {
+    const half = this.freq.length;
+    const cs = new Float64Array(2 * half);
+    for (let f = 0; f < half; f++) {
+      cs[f] = Math.cos(p * this.freq[f]!);
+      cs[half + f] = Math.sin(p * this.freq[f]!);
+    }
+    return cs;
+  }
+
   /**
-   * Each query's attention over the cache's keys at the layout's positions, into at.ctx.
-   * The scores' pass-through dims are one SIMD matvec over all keys; the rotary dims (a
-   * quarter of the head in Pythia) are rotated per key from the cached pre-rotary keys.
+   * For each query row, its key slots cut into runs of one offset (a key's time minus its
+   * position, model/cache.ts), each with the angles to rotate the query at: its position
+   * plus that offset. StreamingLLM gives two runs (sinks, then the window), dense one.
+   */
+  private runsOf(layout: CacheLayout, B: number, n: number, L: number): KeyRun[][] {
+    return Array.from({ length: B * n }, (_, r) => {
+      const b = Math.floor(r / n);
+      const out: KeyRun[] = [];
+      let offset = NaN;
+      for (let j = 0; j < L; j++) {
+        const o = layout.keyTimes[b * L + j]! - layout.keyPositions[b * L + j]!;
+        if (o !== offset) {
+          out.push({ from: j, to: j + 1, angles: this.angles(layout.queryPositions[r]! + o) });
+          offset = o;
+        } else out[out.length - 1]!.to = j + 1;
+      }
+      return out;
+    });
+  }
+
+  /**
+   * Each query's attention over the cache's keys (stored rotated at their times), into
+   * at.ctx: per run of keys, the query rotated at its angles and one SIMD matvec of the
+   * whole head over the run's keys; then the SIMD softmax with the mask and the implicit
+   * sink, and the SIMD weighted sum of the values.
    */
   private attend(
     q: Float32Array,
     kv: { k: number; v: number; stride: number },
-    layout: CacheLayout,
+    runs: KeyRun[][],
     sinkLogits: Float32Array | null,
     B: number,
     n: number,
@@ -281,49 +331,18 @@ export class HostStep {
     const mem = this.mem;
     const H = c.num_attention_heads;
     const hd = headDim(c);
-    const rot = rotaryDims(c);
-    const half = rot / 2;
     const mode = c.sink_mode;
-    const { cos, sin } = this;
-    const K = mem.f32(kv.k, B * H * kv.stride * hd);
-    const qr = mem.f32(at.q, hd);
-    const w = mem.f32(at.p, L);
-    const e = new Float64Array(L);
     for (let b = 0; b < B; b++) {
       for (let i = 0; i < n; i++) {
         const r = b * n + i;
-        const qp = layout.queryPositions[r]! * hd;
-        const biasRow = r * L;
         for (let h = 0; h < H; h++) {
-          const qo = (r * H + h) * hd;
-          // Rotary on the query: x * cos + rotate_half(x) * sin on the first `rot` dims.
-          for (let d = 0; d < hd; d++) {
-            const x = q[qo + d]!;
-            if (d < rot) {
-              const rh = d < half ? -q[qo + d + half]! : q[qo + d - half]!;
-              qr[d] = x * cos[qp + d]! + rh * sin[qp + d]!;
-            } else qr[d] = x;
-          }
           const block = (b * H + h) * kv.stride * hd;
-          mem.matvec(at.q + rot * 4, kv.k + (block + rot) * 4, hd, 0, at.p, hd - rot, L);
-          let max = mode === 'softmax1' ? 0 : mode === 'logit' ? sinkLogits![h]! : -Infinity;
-          for (let j = 0; j < L; j++) {
-            const ko = block + j * hd;
-            const kp = layout.keyPositions[b * L + j]! * hd;
-            let s = w[j]! + layout.bias[biasRow + j]!;
-            for (let d = 0; d < rot; d++) {
-              const rh = d < half ? -K[ko + d + half]! : K[ko + d - half]!;
-              s += qr[d]! * (K[ko + d]! * cos[kp + d]! + rh * sin[kp + d]!);
-            }
-            w[j] = s;
-            if (s > max) max = s;
+          for (const run of runs[r]!) {
+            rotate(q, (r * H + h) * hd, mem.f32(at.q, hd), 0, run.angles, hd);
+            mem.matvec(at.q, kv.k + (block + run.from * hd) * 4, hd, 0, at.p + run.from * 4, hd, run.to - run.from);
           }
-          let denom = mode === 'softmax1' ? Math.exp(-max) : mode === 'logit' ? Math.exp(sinkLogits![h]! - max) : 0;
-          for (let j = 0; j < L; j++) {
-            e[j] = Math.exp(w[j]! - max);
-            denom += e[j]!;
-          }
-          for (let j = 0; j < L; j++) w[j] = e[j]! / denom;
+          const extra = mode === 'softmax1' ? 0 : mode === 'logit' ? sinkLogits![h]! : -Infinity;
+          mem.softmax(at.p, at.bias + r * L * 4, L, extra);
           mem.wsum(at.p, kv.v + block * 4, hd, at.ctx + (r * H + h) * hd * 4, hd, L);
         }
       }
@@ -339,6 +358,31 @@ export class HostStep {
   }
 }
 
+/** Key slots [from, to) of one offset, and the query's rotary angles for them (HostStep.angles). */
+interface KeyRun {
+  from: number;
+  to: number;
+  angles: Float64Array;
+}
+
+/**
+ * Rotary on one head of hd dims: dst[o2 ..] = x * cos + rotate_half(x) * sin on the first
+ * `angles.length` dims (cos, sin: HostStep.angles), x on the rest; x = src[o1 ..], which
+ * may be dst. Computed in float64, stored in float32.
+ */
+function rotate(src: Float32Array, o1: number, dst: Float32Array, o2: number, angles: Float64Array, hd: number): void {
+  const half = angles.length / 2;
+  for (let f = 0; f < half; f++) {
+    const x1 = src[o1 + f]!;
+    const x2 = src[o1 + f + half]!;
+    const cos = angles[f]!;
+    const sin = angles[half + f]!;
+    dst[o2 + f] = x1 * cos - x2 * sin;
+    dst[o2 + f + half] = x2 * cos + x1 * sin;
+  }
+  if (src !== dst || o1 !== o2) for (let d = 2 * half; d < hd; d++) dst[o2 + d] = src[o1 + d]!;
+}
+
 interface Scratch {
   a: number;
   qkv: number;
@@ -349,6 +393,7 @@ interface Scratch {
   logits: number;
   q: number;
   p: number;
+  bias: number;
 }
 
 /**

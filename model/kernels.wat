@@ -180,4 +180,105 @@
       (local.set $v (i32.add (local.get $v) (local.get $rowBytes)))
       (local.set $j (i32.add (local.get $j) (i32.const 1)))
       (br $l))))
+  ;; exp of four lanes: Cephes' expf (x = n ln2 + r, |r| <= ln2/2, 2^n times a degree-6
+  ;; polynomial in r), within 2 ulp of float32 exp; exactly 0 below -87.7 (masked scores).
+  (func $exp4 (param $x v128) (result v128)
+    (local $n v128) (local $r v128) (local $p v128)
+    (local.set $x (f32x4.max (f32x4.min (local.get $x) (v128.const f32x4 88 88 88 88))
+                             (v128.const f32x4 -88 -88 -88 -88)))
+    (local.set $n (f32x4.nearest (f32x4.mul (local.get $x)
+                                            (v128.const f32x4 1.44269504088896341 1.44269504088896341 1.44269504088896341 1.44269504088896341))))
+    ;; r = x - n ln2, ln2 in two parts so that n * the first is exact.
+    (local.set $r (f32x4.sub (f32x4.sub (local.get $x)
+                                        (f32x4.mul (local.get $n) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375)))
+                             (f32x4.mul (local.get $n) (v128.const f32x4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4))))
+    (local.set $p (v128.const f32x4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1)))
+    (local.set $p (f32x4.add (f32x4.add (f32x4.mul (local.get $p) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r))
+                             (v128.const f32x4 1 1 1 1)))
+    ;; times 2^n, built in the exponent bits (n = -127 gives the bits of 0).
+    (f32x4.mul (local.get $p)
+      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (v128.const i32x4 127 127 127 127)) (i32.const 23))))
+
+  ;; exp of one float, through $exp4 (the same value $exp4 gives in a lane).
+  (func $exp1 (param $x f32) (result f32)
+    (f32x4.extract_lane 0 (call $exp4 (f32x4.splat (local.get $x)))))
+
+  ;; Attention's softmax over the m scores at s, in place. First s[j] += bias[j] (the mask;
+  ;; $bias 0: none), then s[j] = exp(s[j] - mx) / (exp(extra - mx) + sum_k exp(s[k] - mx)),
+  ;; mx the largest of extra and the scores. extra is the logit of the implicit sink: -inf
+  ;; for none (plain softmax), 0 for softmax1, the head's learnt logit for logit. The sum
+  ;; is kept in float64 (two f64x2 accumulators).
+  (func (export "softmax") (param $s i32) (param $bias i32) (param $m i32) (param $extra f32)
+    (local $i i32) (local $end4 i32) (local $end i32) (local $v v128) (local $mx v128) (local $f f32)
+    (local $mxs f32) (local $lo v128) (local $hi v128) (local $den f64) (local $inv v128)
+    (local.set $end4 (i32.shl (i32.and (local.get $m) (i32.const -4)) (i32.const 2)))
+    (local.set $end (i32.shl (local.get $m) (i32.const 2)))
+    ;; Pass 1: the mask, and the max.
+    (local.set $mx (f32x4.splat (local.get $extra)))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (local.get $end4)))
+      (local.set $v (v128.load (i32.add (local.get $s) (local.get $i))))
+      (if (local.get $bias)
+        (then (local.set $v (f32x4.add (local.get $v) (v128.load (i32.add (local.get $bias) (local.get $i)))))))
+      (v128.store (i32.add (local.get $s) (local.get $i)) (local.get $v))
+      (local.set $mx (f32x4.max (local.get $mx) (local.get $v)))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l)))
+    (local.set $mxs
+      (f32.max (f32.max (f32x4.extract_lane 0 (local.get $mx)) (f32x4.extract_lane 1 (local.get $mx)))
+               (f32.max (f32x4.extract_lane 2 (local.get $mx)) (f32x4.extract_lane 3 (local.get $mx)))))
+    (block $d1 (loop $l1
+      (br_if $d1 (i32.ge_u (local.get $i) (local.get $end)))
+      (local.set $f (f32.load (i32.add (local.get $s) (local.get $i))))
+      (if (local.get $bias)
+        (then (local.set $f (f32.add (local.get $f) (f32.load (i32.add (local.get $bias) (local.get $i)))))))
+      (f32.store (i32.add (local.get $s) (local.get $i)) (local.get $f))
+      (local.set $mxs (f32.max (local.get $mxs) (local.get $f)))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l1)))
+    ;; Pass 2: exp(s - mx), summed in float64.
+    (local.set $mx (f32x4.splat (local.get $mxs)))
+    (local.set $lo (v128.const f64x2 0 0))
+    (local.set $hi (v128.const f64x2 0 0))
+    (local.set $i (i32.const 0))
+    (block $d2 (loop $l2
+      (br_if $d2 (i32.ge_u (local.get $i) (local.get $end4)))
+      (local.set $v (call $exp4 (f32x4.sub (v128.load (i32.add (local.get $s) (local.get $i))) (local.get $mx))))
+      (v128.store (i32.add (local.get $s) (local.get $i)) (local.get $v))
+      (local.set $lo (f64x2.add (local.get $lo) (f64x2.promote_low_f32x4 (local.get $v))))
+      (local.set $hi (f64x2.add (local.get $hi)
+        (f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $v) (local.get $v)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l2)))
+    (local.set $den
+      (f64.add (f64.add (f64x2.extract_lane 0 (local.get $lo)) (f64x2.extract_lane 1 (local.get $lo)))
+               (f64.add (f64x2.extract_lane 0 (local.get $hi)) (f64x2.extract_lane 1 (local.get $hi)))))
+    (block $d3 (loop $l3
+      (br_if $d3 (i32.ge_u (local.get $i) (local.get $end)))
+      (local.set $f (call $exp1 (f32.sub (f32.load (i32.add (local.get $s) (local.get $i))) (local.get $mxs))))
+      (f32.store (i32.add (local.get $s) (local.get $i)) (local.get $f))
+      (local.set $den (f64.add (local.get $den) (f64.promote_f32 (local.get $f))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l3)))
+    (local.set $den (f64.add (local.get $den) (f64.promote_f32 (call $exp1 (f32.sub (local.get $extra) (local.get $mxs))))))
+    ;; Pass 3: normalise.
+    (local.set $inv (f32x4.splat (f32.demote_f64 (f64.div (f64.const 1) (local.get $den)))))
+    (local.set $i (i32.const 0))
+    (block $d4 (loop $l4
+      (br_if $d4 (i32.ge_u (local.get $i) (local.get $end4)))
+      (v128.store (i32.add (local.get $s) (local.get $i))
+        (f32x4.mul (v128.load (i32.add (local.get $s) (local.get $i))) (local.get $inv)))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l4)))
+    (block $d5 (loop $l5
+      (br_if $d5 (i32.ge_u (local.get $i) (local.get $end)))
+      (f32.store (i32.add (local.get $s) (local.get $i))
+        (f32.mul (f32.load (i32.add (local.get $s) (local.get $i))) (f32x4.extract_lane 0 (local.get $inv))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l5))))
 )

@@ -21,6 +21,11 @@ export function gelu(x: tf.Tensor, kind: 'gelu' | 'gelu_new'): tf.Tensor {
   return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
 }
 
+/** Rotary's rotaryDims/2 angular frequencies, base^(-2i/rotaryDims), as HF has them (float32 values). */
+export function rotaryFrequencies(rotaryDims: number, base: number): Float64Array {
+  return Float64Array.from({ length: rotaryDims / 2 }, (_, i) => Math.fround(1 / Math.pow(base, (2 * i) / rotaryDims)));
+}
+
 /**
  * Rotary tables for positions 0..maxPos-1, widened to the whole head: on the rotary dims
  * cos/sin of pos * inv_freq (HF's "rotate half" layout: the frequencies repeat twice),
@@ -32,11 +37,11 @@ export function rotaryTables(maxPos: number, headDim: number, rotaryDims: number
   const half = rotaryDims / 2;
   const cos = new Float32Array(maxPos * headDim);
   const sin = new Float32Array(maxPos * headDim);
-  const invFreq = Array.from({ length: half }, (_, i) => 1 / Math.pow(base, (2 * i) / rotaryDims));
+  const invFreq = rotaryFrequencies(rotaryDims, base);
   for (let p = 0; p < maxPos; p++) {
     for (let j = 0; j < headDim; j++) {
       // Math.fround: HF computes the angle in float32 before taking cos/sin.
-      const angle = j < rotaryDims ? Math.fround(Math.fround(p) * Math.fround(invFreq[j % half]!)) : 0;
+      const angle = j < rotaryDims ? Math.fround(Math.fround(p) * invFreq[j % half]!) : 0;
       cos[p * headDim + j] = j < rotaryDims ? Math.cos(angle) : 1;
       sin[p * headDim + j] = j < rotaryDims ? Math.sin(angle) : 0;
     }

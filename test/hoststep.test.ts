@@ -9,6 +9,7 @@ import { headDim } from '../model/config.js';
 import { HostMemory, hostMemory } from '../model/hostmem.js';
 import { erf, HostStep, hostStepOf } from '../model/hoststep.js';
 import type { GPTNeoX } from '../model/neox.js';
+import * as tf from '@tensorflow/tfjs-core';
 import { maxAbsDiff, numTensors, testBackend, tinyModel } from './helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -100,6 +101,51 @@ describe('HostStep equals GPTNeoX.step', () => {
   });
 });
 
+/**
+ * Streams far past the model's positions. With one layer a cached key or value depends on
+ * its token alone, so the logits of a sinks cache at any time are exactly those of a fresh
+ * full forward over [the first S tokens] + [the last W] at positions 0..S+W-1: an
+ * independent check that keys stored rotated at their times (in the millions, say) are
+ * scored as the StreamingLLM rule says.
+ */
+describe('HostStep on streams 100x longer than the position table', () => {
+  function check(mode: 'none' | 'token' | 'softmax1' | 'logit', total: number, at: number[]) {
+    const S = 2;
+    const W = 30;
+    const model = tinyModel({ sink_mode: mode, sink_token_id: mode === 'token' ? 1 : null, num_hidden_layers: 1, rotary_pct: 1, max_position_embeddings: S + W });
+    const host = new HostStep(model);
+    const cache = new SinkCache(S, W, shapeOf(model));
+    const id = (t: number) => (t * 7919 + (t >> 5)) % 50;
+    const want = new Set(at);
+    let worst = 0;
+    for (let t = 0; t < total; t++) {
+      const got = host.step([id(t)], cache);
+      if (!want.has(t)) continue;
+      const kept = t < S + W ? Array.from({ length: t + 1 }, (_, i) => i) : [...Array.from({ length: S }, (_, i) => i), ...Array.from({ length: W }, (_, i) => t - W + 1 + i)];
+      const ref = tf.tidy(() => {
+        const logits = model.forward(tf.tensor2d([kept.map(id)], [1, kept.length], 'int32'));
+        return tf.slice(logits, [kept.length - 1, 0], [1, -1]).dataSync() as Float32Array;
+      });
+      worst = Math.max(worst, maxAbsDiff(got, ref));
+      expect(maxAbsDiff(got, ref), `${mode} at token ${t}`).toBeLessThan(1e-5);
+    }
+    cache.dispose();
+    host.dispose();
+    model.dispose();
+    return worst;
+  }
+
+  for (const mode of ['none', 'token', 'softmax1', 'logit'] as const) {
+    it(`${mode}: a 2+30 cache over 3,300 tokens (position table of 32) equals fresh forwards to 1e-5`, () => {
+      check(mode, 3300, [5, 31, 32, 33, 100, 1000, 3299]);
+    });
+  }
+
+  it('logit: 300,000 tokens, still exact to 1e-5 (times past 2^16 and float32 angle precision)', () => {
+    check('logit', 300_000, [31, 70_000, 299_999]);
+  }, 120_000);
+});
+
 describe('host helpers', () => {
   it('erf matches reference values to 2e-7', () => {
     // erf(x) from tables (Abramowitz & Stegun 7.1), 10 digits.
@@ -167,6 +213,33 @@ describe('host memory and kernels', () => {
         let s = 0;
         for (let j = 0; j < m; j++) s += ps[j]! * ws[j * stride + i]!;
         expect(o2[i]).toBeCloseTo(s, 5);
+      }
+    }
+  });
+
+  it('softmax (mask, implicit sink, tails) agrees with float64 to 1e-6; masked keys get exactly 0', () => {
+    const mem = new HostMemory();
+    let seed = 3;
+    const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+    for (const m of [1, 3, 4, 7, 64, 4097]) {
+      for (const extra of [-Infinity, 0, 1.7]) {
+        const ss = Float32Array.from({ length: m }, () => rnd() * 12);
+        const bs = Float32Array.from({ length: m }, (_, j) => (j % 5 === 4 ? -1e9 : 0));
+        const [sp, bp] = [mem.alloc(m), mem.alloc(m)];
+        mem.f32(sp, m).set(ss);
+        mem.f32(bp, m).set(bs);
+        mem.softmax(sp, bp, m, extra);
+        const x = Array.from(ss, (v, j) => v + bs[j]!);
+        const mx = Math.max(extra, ...x);
+        const den = Math.exp(extra - mx) + x.reduce((a, v) => a + Math.exp(v - mx), 0);
+        const got = mem.f32(sp, m);
+        for (let j = 0; j < m; j++) {
+          const ref = Math.exp(x[j]! - mx) / den;
+          expect(Math.abs(got[j]! - ref), `m ${m} extra ${extra} j ${j}`).toBeLessThan(1e-6 * Math.max(ref, 1e-3));
+          if (bs[j] !== 0) expect(got[j]).toBe(0);
+        }
+        mem.release(sp);
+        mem.release(bp);
       }
     }
   });

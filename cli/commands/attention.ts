@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
+import { checkCheckpointDir } from '../../model/checkpoint.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
-import { checkInputDir, checkOutputPath } from '../../core/outpath.js';
+import { checkOutputPath } from '../../core/outpath.js';
 import { attentionPlot, attentionStats, attentionTokens, formatAttentionStats, SINK_EPS } from '../../infer/attention.js';
 import { loadCheckpoint, readText } from '../../infer/text.js';
 import { checkFraction, once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
@@ -48,7 +49,7 @@ export const attentionCommand: CommandModule<GlobalArgs, Args> = {
       check: () => {
         once(args, ['checkpoint', 'text', 'tokens', 'eps', 'plot']);
         checkFraction(args.eps, '--eps');
-        checkInputDir(args.checkpoint, '--checkpoint');
+        checkCheckpointDir(args.checkpoint, '--checkpoint');
         if (args.plot !== undefined) checkOutputPath(args.plot, 'file', '--plot');
       },
     }),

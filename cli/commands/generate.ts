@@ -1,8 +1,8 @@
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
 import type { CommandModule } from 'yargs';
+import { checkCheckpointDir } from '../../model/checkpoint.js';
 import { decodeUtf8 } from '../../core/fsutil.js';
-import { checkInputDir } from '../../core/outpath.js';
 import { generate, parsePrompts, readPrompts, type OnText } from '../../infer/generate.js';
 import { parseCache } from '../../infer/policy.js';
 import { checkSampling, type SamplingOptions } from '../../infer/sampling.js';
@@ -74,7 +74,7 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
         parseCache(String(args.cache));
         checkSampling({ temperature: args.temperature, topK: args['top-k'], topP: args['top-p'], seed: args.seed });
         checkInt(args['max-new-tokens'], '--max-new-tokens', 0);
-        checkInputDir(args.checkpoint, '--checkpoint');
+        checkCheckpointDir(args.checkpoint, '--checkpoint');
       },
     }),
 };

@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
+import { checkCheckpointDir } from '../../model/checkpoint.js';
 import { backendInfo } from '../../core/backend.js';
-import { checkInputDir } from '../../core/outpath.js';
 import { loadCheckpoint, readText } from '../../infer/text.js';
 import { score } from '../../infer/score.js';
 import { once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
@@ -37,7 +37,7 @@ export const scoreCommand: CommandModule<GlobalArgs, Args> = {
         ...ONE_THREAD,
         check: () => {
           once(args, ['checkpoint', 'text']);
-          checkInputDir(args.checkpoint, '--checkpoint');
+          checkCheckpointDir(args.checkpoint, '--checkpoint');
         },
       },
     ),

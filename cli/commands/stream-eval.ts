@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
+import { checkCheckpointDir } from '../../model/checkpoint.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
-import { checkInputDir, checkOutputPath } from '../../core/outpath.js';
+import { checkOutputPath } from '../../core/outpath.js';
 import { checkCache, parseCache, POLICIES, type PolicyName } from '../../infer/policy.js';
 import { streamEval, WARMUP_TOKENS } from '../../infer/stream.js';
 import { loadCheckpoint, readText, textStream } from '../../infer/text.js';
@@ -59,7 +60,7 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
         once(args, ['checkpoint', 'text', 'policy', 'max-tokens', 'per-token']);
         for (const c of args.cache) parseCache(String(c));
         checkInt(args['max-tokens'], '--max-tokens', 2);
-        checkInputDir(args.checkpoint, '--checkpoint');
+        checkCheckpointDir(args.checkpoint, '--checkpoint');
         if (args['per-token'] !== undefined) checkOutputPath(args['per-token'], 'file', '--per-token');
       },
     }),

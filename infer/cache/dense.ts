@@ -1,5 +1,5 @@
 /**
- * Dense attention: keep every key (no eviction). Positions are the stream positions.
+ * Dense attention: keep every key (no eviction). Positions are the stream positions (times).
  * The reference the other policies are checked against; memory grows without bound.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -31,7 +31,8 @@ export class DenseCache implements KVCache {
     const bias = new Float32Array(n * L);
     for (let i = 0; i < n; i++) for (let j = this.length + i + 1; j < L; j++) bias[i * L + j] = NEG_INF;
     this.pending = n;
-    return { queryPositions, keyPositions, bias };
+    // Nothing moves: a token's position is its time.
+    return { queryPositions, keyPositions, bias, queryTimes: Float64Array.from(queryPositions), keyTimes: Float64Array.from(keyPositions) };
   }
 
   update(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { k: tf.Tensor4D; v: tf.Tensor4D } {

@@ -3,8 +3,11 @@
  * slots. A token is written into its slot (the oldest recent one once the ring is full);
  * nothing else moves. Positions are assigned within the cache on every step: sinks keep
  * 0..S-1, the recent tokens get S.. in the order they arrived, whatever slot they sit in
- * (attention does not care about slot order, only about positions). Keys are stored
- * before the rotary transform, so re-positioning them costs nothing but the rotation.
+ * (attention does not care about slot order, only about positions). The tensor store
+ * keeps keys before the rotary transform, so re-positioning them costs nothing but the
+ * rotation; the host store keeps them rotated at their times (model/cache.ts): a sink's
+ * position is its time, and every recent token's position is its time minus the same
+ * offset, so the host step rotates the query twice per token and no key ever again.
  * With S = 0 this is plain window attention.
  *
  * One cache can hold several streams of the same capacity S+W (e.g. 0+64, 1+63, 4+60 of
@@ -82,6 +85,8 @@ export class SinkCache implements KVCache {
     const queryPositions = new Int32Array(B * n);
     const keyPositions = new Int32Array(B * cap);
     const bias = new Float32Array(B * n * cap);
+    const queryTimes = new Float64Array(B * n);
+    const keyTimes = new Float64Array(B * cap);
     const slots: number[] = [];
     this.streams.forEach((s, b) => {
       const times = this.slotTime[b]!;
@@ -94,15 +99,19 @@ export class SinkCache implements KVCache {
       for (let j = 0; j < cap; j++) {
         const tau = times[j]!;
         keyPositions[b * cap + j] = tau < 0 ? 0 : tau < s.sinks ? tau : s.sinks + (tau - oldestRecent);
+        keyTimes[b * cap + j] = tau < 0 ? 0 : tau;
         for (let i = 0; i < n; i++) if (tau < 0 || tau > t0 + i) bias[(b * n + i) * cap + j] = NEG_INF;
       }
-      for (let i = 0; i < n; i++) queryPositions[b * n + i] = keyPositions[b * cap + first + i]!;
+      for (let i = 0; i < n; i++) {
+        queryPositions[b * n + i] = keyPositions[b * cap + first + i]!;
+        queryTimes[b * n + i] = t0 + i;
+      }
     });
     this.pendingSlots = slots;
     this.pendingN = n;
     this.writeMask?.dispose();
     this.writeMask = null;
-    return { queryPositions, keyPositions, bias, batch: B };
+    return { queryPositions, keyPositions, bias, batch: B, queryTimes, keyTimes };
   }
 
   update(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { k: tf.Tensor4D; v: tf.Tensor4D } {
