@@ -332,13 +332,14 @@ export class HostStep {
     const H = c.num_attention_heads;
     const hd = headDim(c);
     const mode = c.sink_mode;
+    const qr = mem.f32(at.q, hd);
     for (let b = 0; b < B; b++) {
       for (let i = 0; i < n; i++) {
         const r = b * n + i;
         for (let h = 0; h < H; h++) {
           const block = (b * H + h) * kv.stride * hd;
           for (const run of runs[r]!) {
-            rotate(q, (r * H + h) * hd, mem.f32(at.q, hd), 0, run.angles, hd);
+            rotate(q, (r * H + h) * hd, qr, 0, run.angles, hd);
             mem.matvec(at.q, kv.k + (block + run.from * hd) * 4, hd, 0, at.p + run.from * 4, hd, run.to - run.from);
           }
           const extra = mode === 'softmax1' ? 0 : mode === 'logit' ? sinkLogits![h]! : -Infinity;

@@ -68,11 +68,6 @@ export class GPTNeoX {
     this.gatherGrad = tf.getKernel('UnsortedSegmentSum', tf.getBackend()) !== undefined;
   }
 
-  /** Rotary cos/sin for every position, [max_position_embeddings, head_dim] row-major, on the host. */
-  ropeTables(): { cos: Float32Array; sin: Float32Array } {
-    return this.ropeHost;
-  }
-
   private p<R extends tf.Rank>(name: string): tf.Tensor<R> {
     return this.params.get(name)! as unknown as tf.Tensor<R>;
   }
