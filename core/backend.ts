@@ -72,17 +72,78 @@ function probeNative(): NativeProbe {
   process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
   const errors: string[] = [];
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    let capture: StderrCapture | undefined;
     try {
+      const dir = moduleDir(pkg); // throws 'package not installed' before anything loads
+      capture = stderrCapture(dir);
+      capture?.begin();
+      // TensorFlow 2.21 logs through absl, which writes to stderr whatever TF_CPP_MIN_LOG_LEVEL
+      // says until absl::InitializeLog() (nothing calls it), and logs from its libraries' static
+      // initialisers (on CPUs where oneDNN turns on), before any code of ours could run there:
+      // so their loads write into a capture, sifted below.
       const mod = require(pkg) as { version?: Record<string, string> };
-      loadOps(pkg);
+      loadOps(dir);
+      passOn(capture?.end());
       const binding = (tf.findBackend('tensorflow') as unknown as { binding?: { TF_Version?: string } } | null)?.binding;
       return (nativeProbe = { ok: true, pkg, tfVersion: binding?.TF_Version ?? mod.version?.['tfjs-node'] });
     } catch (e) {
+      passOn(capture?.end());
       const msg = shortError(e);
       if (!(pkg.endsWith('-gpu') && msg === 'package not installed')) errors.push(`${pkg}: ${msg}`);
     }
   }
   return (nativeProbe = { ok: false, error: errors.join('; ') || 'package not installed' });
+}
+
+/** Where a tfjs-node package keeps its addon, and sinklm's modules beside it. */
+function moduleDir(pkg: string): string {
+  const libDir = path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'lib');
+  const dirs = fs.existsSync(libDir) ? fs.readdirSync(libDir).filter((d) => d.startsWith('napi-v')).sort() : [];
+  return path.join(libDir, dirs.find((d) => fs.existsSync(path.join(libDir, d, 'tfjs_binding.node'))) ?? dirs[0] ?? 'napi-v8');
+}
+
+interface StderrCapture {
+  begin(): boolean;
+  end(): string;
+}
+
+/** native/stdio/capture.c, built beside the addon; undefined when it is not there. */
+function stderrCapture(dir: string): StderrCapture | undefined {
+  const lib = path.join(dir, 'sinklm_stdio.node');
+  try {
+    return fs.existsSync(lib) ? (require(lib) as StderrCapture) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A line TensorFlow's log wrote (absl's "I1201 14:35:00.123 4321 port.cc:153] ..." format,
+ * severity I/W/E/F), or absl's banner before its first such line.
+ */
+const TF_LOG_LINE = /^(?:([IWEF])\d{4} \d+:\d+:\d+\.\d+\s+\d+ [\w.]+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$)/;
+
+/**
+ * What the native libraries wrote to stderr while they loaded, less TensorFlow's log lines
+ * below `minLevel` (TF_CPP_MIN_LOG_LEVEL: 0 info, 1 warning, 2 error, 3 fatal, as TensorFlow
+ * 2.9 read it itself) with their continuation lines, and absl's banner: anything else, errors
+ * included, is kept.
+ */
+export function siftStartupLog(text: string, minLevel: number): string {
+  let dropping = false; // a dropped message's continuation lines go with it
+  const lines = text.split('\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  const keep = lines.filter((line) => {
+    const m = TF_LOG_LINE.exec(line);
+    if (m) dropping = m[1] === undefined || 'IWEF'.indexOf(m[1]) < minLevel;
+    return !dropping;
+  });
+  return keep.length ? `${keep.join('\n')}\n` : '';
+}
+
+function passOn(captured: string | undefined): void {
+  const text = captured && siftStartupLog(captured, Math.min(3, Math.max(0, Number(process.env.TF_CPP_MIN_LOG_LEVEL) || 0)));
+  if (text) process.stderr.write(text);
 }
 
 export const KERNELS_HOWTO = 'npm run setup-native  (also builds sinklm\'s TensorFlow ops from native/; needs g++)';
@@ -102,21 +163,11 @@ let opsProbe: OpsProbe | undefined;
  * TensorFlow runtime tfjs-node runs; its load registers the ops. Once, after tfjs-node.
  * SINKLM_NO_KERNELS=1 hides it (everything then runs as without it).
  */
-function loadOps(pkg: string): OpsProbe {
+function loadOps(dir: string): OpsProbe {
   if (opsProbe) return opsProbe;
   if (process.env.SINKLM_NO_KERNELS && process.env.SINKLM_NO_KERNELS !== '0') return (opsProbe = { ops: [], error: 'hidden by SINKLM_NO_KERNELS' });
-  let lib: string | undefined;
-  try {
-    const libDir = path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'lib');
-    lib = fs
-      .readdirSync(libDir)
-      .filter((d) => d.startsWith('napi-v'))
-      .map((d) => path.join(libDir, d, 'sinklm_ops.node'))
-      .find((f) => fs.existsSync(f));
-  } catch {
-    /* reported below */
-  }
-  if (!lib) return (opsProbe = { ops: [], error: `not built (no sinklm_ops.node beside ${pkg}'s addon)` });
+  const lib = path.join(dir, 'sinklm_ops.node');
+  if (!fs.existsSync(lib)) return (opsProbe = { ops: [], error: `not built (no sinklm_ops.node in ${dir})` });
   try {
     const m = require(lib) as { ops: string[]; build?: string; threads?: number; error?: string; retainFreedMemory?: () => boolean };
     return (opsProbe = { ops: m.ops, library: lib, build: m.build, threads: m.threads, error: m.error, retainFreedMemory: m.retainFreedMemory });
@@ -140,7 +191,7 @@ export function sinklmOps(): string[] {
 }
 
 function kernelInfo(backend: BackendName, probe: NativeProbe): KernelInfo {
-  const ops = probe.ok && probe.pkg ? loadOps(probe.pkg) : undefined;
+  const ops = probe.ok && probe.pkg ? loadOps(moduleDir(probe.pkg)) : undefined;
   const base = { ops: ops?.ops ?? [], library: ops?.library, build: ops?.build, threads: ops?.threads };
   if (!ops) return { in_use: false, ...base, reason: 'they run on native TensorFlow, which is unavailable' };
   if (ops.error || !ops.ops.length) return { in_use: false, ...base, reason: `${ops.error ?? 'no ops registered'}; to build them: ${KERNELS_HOWTO}` };

@@ -15,7 +15,7 @@ import { checkInputDir } from '../core/outpath.js';
 import { attentionStatsOver, attentionWindows, SINK_EPS, type AttentionStats } from '../infer/attention.js';
 import type { DecodePath } from '../infer/policy.js';
 import { readText, type LoadedCheckpoint } from '../infer/text.js';
-import { checkpointTokenizerPath, readCheckpointConfig } from '../model/checkpoint.js';
+import { checkCheckpointDir, checkpointTokenizerPath, readCheckpointConfig } from '../model/checkpoint.js';
 import { evaluateGrid, type GridCell, type GridModel, type GridSpec } from './grid.js';
 import { BOOTSTRAP_RESAMPLES } from './stats.js';
 import { MARGIN, verdicts, type Verdict } from './verdicts.js';
@@ -200,16 +200,36 @@ async function run(models: GridModel[], text: string, textFile: string, spec: Gr
   };
 }
 
-/** The shipped ablation (default: checkpoints/ of this package), checked against its record. */
-export async function validate(opts: RunOptions & { dir?: string; tolerance?: number } = {}): Promise<ValidateResult> {
-  const dir = path.resolve(opts.dir ?? shippedDir());
+/** What `validate` on a shipped ablation will run: its record, text and models, all checked. */
+export interface ShippedPlan {
+  dir: string;
+  file: string;
+  manifest: ShippedManifest;
+  textFile: string;
+  models: GridModel[];
+}
+
+/**
+ * The checks of a shipped ablation (default: checkpoints/ of this package), with no backend:
+ * the folder, its validate.json, its text and every model folder it names.
+ */
+export function planShipped(dirArg?: string): ShippedPlan {
+  const dir = path.resolve(dirArg ?? shippedDir());
   checkInputDir(dir, 'checkpoints folder');
   const file = path.join(dir, 'validate.json');
   if (!fs.existsSync(file)) throw new UserError('no validate.json: this folder holds no shipped ablation (make one with `sinklm ablate --ship DIR`, or name models with --model)', { file: dir });
-  const m = readJsonFile(file) as ShippedManifest;
-  const textFile = path.join(dir, m.text);
-  const text = readText(textFile);
-  const r = await run(m.variants.map((v) => ({ name: v.name, dir: path.join(dir, v.dir) })), text, textFile, m.spec, opts);
+  const manifest = readJsonFile(file) as ShippedManifest;
+  const textFile = path.join(dir, manifest.text);
+  readText(textFile);
+  const models = manifest.variants.map((v) => ({ name: v.name, dir: path.join(dir, v.dir) }));
+  for (const m of models) checkCheckpointDir(m.dir, `model ${m.name} of ${file}`);
+  return { dir, file, manifest, textFile, models };
+}
+
+/** The shipped ablation (default: checkpoints/ of this package), checked against its record. */
+export async function validate(opts: RunOptions & { dir?: string; tolerance?: number } = {}): Promise<ValidateResult> {
+  const { dir, file, manifest: m, textFile, models } = planShipped(opts.dir);
+  const r = await run(models, readText(textFile), textFile, m.spec, opts);
   const maxRel = checkDrift(r.grid, m.grid, opts.tolerance ?? DRIFT_TOLERANCE, file);
   return {
     ...r,
@@ -231,23 +251,29 @@ export function parseModelArg(arg: string): GridModel {
   return { name, dir };
 }
 
+export interface ModelsOptions {
+  models: GridModel[];
+  text: string;
+  window?: number;
+  maxTokens?: number;
+}
+
 /**
- * Any checkpoints on any text. Every model is checked before anything runs: a folder that
- * is not a checkpoint, or a context smaller than the cache, is one line and exit 2.
+ * The checks of `validate --model`, with no backend: every model folder is a checkpoint
+ * (config, weights, tokenizer), the text reads, the cache fits every model's context. Returns
+ * the grid it will run.
  */
-export async function validateModels(
-  opts: RunOptions & { models: GridModel[]; text: string; window?: number; maxTokens?: number },
-): Promise<ValidateResult> {
+export function planModels(opts: ModelsOptions): GridSpec {
   if (opts.models.length === 0) throw new UserError('name at least one model', { field: '--model' });
   const names = opts.models.map((m) => m.name);
   const dup = names.find((n, i) => names.indexOf(n) !== i);
   if (dup) throw new UserError(`two models are called "${dup}"; give each its own NAME=FOLDER`, { field: '--model' });
   const contexts = opts.models.map((m) => {
-    checkInputDir(m.dir, `--model ${m.name}`);
+    checkCheckpointDir(m.dir, `--model ${m.name}`);
     checkpointTokenizerPath(m.dir);
     return readCheckpointConfig(m.dir).max_position_embeddings;
   });
-  const text = readText(opts.text);
+  readText(opts.text);
   const smallest = Math.min(...contexts);
   const window = opts.window ?? Math.floor(smallest / 2);
   if (!Number.isInteger(window) || window < 5) throw new UserError(`must be a whole number >= 5, so that 4+(W-4) keeps a recent token (got ${window})`, { field: '--window' });
@@ -258,7 +284,13 @@ export async function validateModels(
   });
   const maxTokens = opts.maxTokens ?? 8 * window;
   if (!Number.isInteger(maxTokens) || maxTokens < 2) throw new UserError(`must be a whole number >= 2 (got ${maxTokens})`, { field: '--max-tokens' });
-  const spec: GridSpec = { window, initial: [0, 1, 2, 4], maxTokens };
+  return { window, initial: [0, 1, 2, 4], maxTokens };
+}
+
+/** Any checkpoints on any text; planModels' checks come first. */
+export async function validateModels(opts: RunOptions & ModelsOptions): Promise<ValidateResult> {
+  const spec = planModels(opts);
+  const text = readText(opts.text);
   const r = await run(opts.models, text, opts.text, spec, opts);
   return {
     ...r,

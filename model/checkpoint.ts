@@ -27,14 +27,15 @@ export function readCheckpointConfig(dir: string): NeoXConfig {
 
 /**
  * What can be known of a checkpoint folder without a backend: it is a folder, its config
- * reads, its weights are safetensors. Commands run it in their checks, before TensorFlow
+ * reads (returned), its weights are safetensors. Commands run it in their checks, before TensorFlow
  * starts, so a wrong folder costs no start-up (and TensorFlow's start-up lines never come
  * before the one error line).
  */
-export function checkCheckpointDir(dir: string, what: string): void {
+export function checkCheckpointDir(dir: string, what: string): NeoXConfig {
   checkInputDir(dir, what);
-  readCheckpointConfig(dir);
+  const config = readCheckpointConfig(dir);
   weightFiles(dir);
+  return config;
 }
 
 export const WEIGHTS_INDEX_FILE = 'model.safetensors.index.json';

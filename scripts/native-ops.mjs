@@ -107,7 +107,55 @@ function probeOps(pkgDir, lib) {
   }
 }
 
+// The stderr capture (native/stdio/capture.c): a C N-API module that links only libc, built
+// beside the op library. core/backend.ts holds fd 2 in it while TensorFlow's libraries load.
+const STDIO_SOURCE = path.join(OPS_DIR, 'stdio', 'capture.c');
+const STDIO_NAME = 'sinklm_stdio.node';
+
+/** In a child process: a line written to fd 2 during a capture comes back from end(). */
+function probeStdio(lib) {
+  const code = `
+    const m = require(${JSON.stringify(lib)});
+    const began = m.begin();
+    process._rawDebug('sinklm-capture-probe');
+    const text = m.end();
+    process.stdout.write(JSON.stringify({ ok: began && text === 'sinklm-capture-probe\\n' }));`;
+  const r = run(process.execPath, ['-e', code], { timeout: 60_000 });
+  return String(r.stdout ?? '').includes('{"ok":true}');
+}
+
+function buildStdio(pkgDir) {
+  if (!fs.existsSync(STDIO_SOURCE)) return;
+  const target = path.join(path.dirname(addonPath(pkgDir)), STDIO_NAME);
+  const key = createHash('sha256').update(JSON.stringify([fs.readFileSync(STDIO_SOURCE, 'utf8'), process.arch, process.versions.modules])).digest('hex').slice(0, 20);
+  const cached = path.join(cacheDir(), 'addons', `sinklm-stdio-${key}`, STDIO_NAME);
+  if (!FORCE && fs.existsSync(cached)) {
+    installFile(cached, target);
+    if (probeStdio(target)) return;
+  }
+  const tmp = `${target}.tmp-${process.pid}`;
+  const cc = process.env.CC || 'gcc';
+  const r = run(cc, ['-O2', '-fPIC', '-shared', '-DNODE_GYP_MODULE_NAME=sinklm_stdio', `-I${nodeIncludeDir()}`, STDIO_SOURCE, '-o', tmp], { timeout: 120_000 });
+  if (r.status !== 0 || !fs.existsSync(tmp)) {
+    fs.rmSync(tmp, { force: true });
+    throw new SetupError('the stderr capture (native/stdio/capture.c) did not compile', { detail: tail(r.error?.message ?? r.output, 8) });
+  }
+  fs.renameSync(tmp, target);
+  if (!probeStdio(target)) {
+    fs.rmSync(target, { force: true });
+    throw new SetupError('the stderr capture (native/stdio/capture.c) does not capture');
+  }
+  fs.mkdirSync(path.dirname(cached), { recursive: true });
+  installFile(target, cached);
+  log(`stderr capture ready (${secs()})`);
+}
+
 export function buildOps(pkgDir) {
+  try {
+    buildStdio(pkgDir);
+  } catch (e) {
+    log(`note: ${e.message}; TensorFlow's start-up lines will reach stderr`);
+  }
   const files = opsFiles();
   const sources = files.filter((f) => f.endsWith('.cc'));
   if (!sources.length) return;

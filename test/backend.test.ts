@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
+import { siftStartupLog } from '../core/backend.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -181,5 +182,30 @@ describe('backends', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).backend).toBe('cpu');
     expect(r.stderr).not.toMatch(/Hi, looks like|====|absl|cpu_feature_guard/);
+  });
+});
+
+describe("TensorFlow's start-up log (written while its libraries load)", () => {
+  const log = [
+    'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR',
+    'I0000 00:00:1796123767.693372   17531 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results.',
+    'I0000 00:00:1796123767.951456   17531 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available CPU instructions.',
+    'To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow.',
+    'W1201 14:35:00.000001    4321 env.cc:12] a warning',
+    'E1201 14:35:00.000002    4321 loader.cc:99] could not load something',
+    'something else the library printed',
+    '',
+  ].join('\n');
+
+  it('keeps what TF_CPP_MIN_LOG_LEVEL lets through, and everything that is not its log', () => {
+    expect(siftStartupLog(log, 2)).toBe(
+      'E1201 14:35:00.000002    4321 loader.cc:99] could not load something\nsomething else the library printed\n',
+    );
+    expect(siftStartupLog(log, 1).split('\n')[0]).toMatch(/^W1201 .*a warning$/);
+    const all = siftStartupLog(log, 0).split('\n');
+    expect(all).toHaveLength(7); // six lines and the last newline: only absl's banner goes
+    expect(all[2]).toMatch(/^To enable/); // a kept message keeps its continuation
+    expect(siftStartupLog(log, 3)).toBe('');
+    expect(siftStartupLog('plain text, no newline', 2)).toBe('plain text, no newline\n');
   });
 });

@@ -13,18 +13,9 @@ export interface CliRun {
   timedOut: boolean;
 }
 
-/**
- * TensorFlow's C++ start-up lines, which its library writes straight to the process's
- * stderr whatever TF_CPP_MIN_LOG_LEVEL says on CPUs where it turns oneDNN on (AVX-512
- * VNNI/BF16 machines): absl's pre-initialisation notice and glog-style records such as
- * "I0000 00:00:... port.cc:153] oneDNN custom operations are on". Not sinklm's output,
- * so the tests' "one line" assertions leave them out.
- */
-const TF_STARTUP_LINE = /^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR|[IWEF]\d{4} \d+:\d+:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*)\n/gm;
-
-export function sinklm(args: string[], cwd: string, opts: { input?: string; timeoutMs?: number } = {}): Promise<CliRun> {
+export function sinklm(args: string[], cwd: string, opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CliRun> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd });
+    const child = spawn(process.execPath, [BIN, ...args], { cwd, env: { ...process.env, ...opts.env } });
     let stdout = '';
     let stderr = '';
     let timedOut = false;
@@ -36,7 +27,7 @@ export function sinklm(args: string[], cwd: string, opts: { input?: string; time
     child.stderr.on('data', (d) => (stderr += d));
     child.on('close', (code) => {
       clearTimeout(timer);
-      resolve({ code, stdout, stderr: stderr.replace(TF_STARTUP_LINE, ''), timedOut });
+      resolve({ code, stdout, stderr, timedOut });
     });
     child.stdin.end(opts.input ?? '');
   });

@@ -93,7 +93,8 @@ describe('validate: the recomputed grid is checked against the recorded one', ()
 describe('validate --model: any checkpoint folders on any text', () => {
   const dir = path.join(tmp, 'models');
   const bin = path.join(ROOT, 'bin', 'sinklm');
-  const cli = (args: string[]) => spawnSync(process.execPath, [bin, 'validate', ...args], { encoding: 'utf8', timeout: 180_000 });
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    spawnSync(process.execPath, [bin, 'validate', ...args], { encoding: 'utf8', timeout: 180_000, env: { ...process.env, ...env } });
   let textFile: string;
   beforeAll(async () => {
     await testBackend();
@@ -142,9 +143,12 @@ describe('validate --model: any checkpoint folders on any text', () => {
       [['--model', tiny, '--text', textFile, '--window', '3'], /--window/],
       [['--model', tiny, '--model', tiny, '--text', textFile], /two models are called "t"/],
       [['--text', textFile], /--text: applies with --model only/],
+      [['--checkpoints', dir], /no validate\.json/],
+      [['--tolerance', '-1'], /--tolerance/],
     ];
     for (const [args, why] of cases) {
-      const r = cli(args);
+      // A backend that cannot start: the input's own line comes first only if it is checked first.
+      const r = cli(args, { SINKLM_BACKEND: 'no-such-backend' });
       expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(2);
       const lines = r.stderr.split('\n').filter((l) => l.trim());
       expect(lines, args.join(' ')).toHaveLength(1);

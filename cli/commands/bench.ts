@@ -8,9 +8,10 @@ import { benchPythia, formatPythiaBench } from '../../bench/pythia.js';
 import { initBackend } from '../../core/backend.js';
 import { loadRunConfig } from '../../core/config.js';
 import { UserError } from '../../core/errors.js';
-import { checkInputDir, checkOutputPath } from '../../core/outpath.js';
+import { checkOutputPath } from '../../core/outpath.js';
 import { checkCache, DECODE_PATHS, parseCache, POLICIES, type DecodePath, type PolicyName } from '../../infer/policy.js';
-import { loadModel } from '../../model/checkpoint.js';
+import { checkCheckpointDir, loadModel, readCheckpointConfig } from '../../model/checkpoint.js';
+import type { NeoXConfig } from '../../model/config.js';
 import { GPTNeoX } from '../../model/neox.js';
 import { initParams } from '../../model/params.js';
 import { printJson, runCommand, withJson, type GlobalArgs } from '../common.js';
@@ -180,99 +181,113 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
         .conflicts('config', 'checkpoint'),
     ),
   handler: (args) =>
-    runCommand(args, async () => {
-      for (const k of ['tokens', 'recompute-tokens', 'long-cache', 'long-window'] as const) positiveInt(args[k], `--${k}`);
-      positiveInt(args.warmup, '--warmup', 0);
-      positiveInt(args.sinks, '--sinks', 0);
-      const policies = policyList(args.policies);
-      const caches = args.caches !== undefined ? intList(args.caches, '--caches') : args.long ? [] : [256, 1024, 4096];
-      const long = args.long ? intList(args.long, '--long') : [];
-      const needed = Math.max(...caches, long.length ? args['long-cache'] : 1);
-
-      let model: GPTNeoX;
-      let source: string;
-      if (args.checkpoint) {
-        checkInputDir(args.checkpoint, '--checkpoint');
-        model = loadModel(args.checkpoint);
-        source = args.checkpoint;
-      } else {
-        const cfg = loadRunConfig(args.config ?? defaultConfig());
-        const base = benchModelConfig(cfg);
-        // One more position than the largest cache, so dense can reach it with a token to spare.
-        const c = benchModelConfig(cfg, { max_position_embeddings: Math.max(base.max_position_embeddings, needed + 1) });
-        model = new GPTNeoX(c, initParams(c, cfg.train.seed));
-        source = `random weights, ${path.relative(process.cwd(), cfg.source)}`;
-      }
-      try {
-        const maxPos = model.config.max_position_embeddings;
-        for (const C of caches) {
-          for (const p of policies) checkCache(cacheSpecFor(p, C, args.sinks), p, maxPos, '--caches');
-          if (policies.includes('dense') && C < args.warmup + 1 + args.tokens) {
-            throw new UserError(`dense at ${C} keys cannot time ${args.tokens} tokens after ${args.warmup} warmup; lower --tokens`, { field: '--caches' });
-          }
-        }
-        if (long.length) checkCache(cacheSpecFor('sinks', args['long-cache'], args.sinks), 'sinks', maxPos, '--long-cache');
-        const c = model.config;
-        const params = model.specs.reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1), 0);
-        const modelInfo = {
-          source,
-          params,
-          num_hidden_layers: c.num_hidden_layers,
-          hidden_size: c.hidden_size,
-          num_attention_heads: c.num_attention_heads,
-          intermediate_size: c.intermediate_size,
-          vocab_size: c.vocab_size,
-          max_position_embeddings: c.max_position_embeddings,
-          sink_mode: c.sink_mode,
-        };
-        const loadStart = machine().loadavg;
-        const { rows, ratios } = caches.length
-          ? await benchDecode(model, { caches, policies, sinks: args.sinks, tokens: args.tokens, recomputeTokens: args['recompute-tokens'], warmup: args.warmup, log })
-          : { rows: [], ratios: [] };
-        // Ctrl-C (or SIGTERM) on a long stream stops it and still prints what was measured.
-        const stop = new AbortController();
-        const onSignal = () => stop.abort();
-        process.on('SIGINT', onSignal);
-        process.on('SIGTERM', onSignal);
-        let longRows: Awaited<ReturnType<typeof benchLong>> = [];
+    runCommand(
+      args,
+      async () => {
+        const { policies, caches, long, source, config, seed } = planDecode(args);
+        const model = args.checkpoint ? loadModel(args.checkpoint) : new GPTNeoX(config, initParams(config, seed));
         try {
-          if (long.length) {
-            longRows = await benchLong(model, { cache: args['long-cache'], sinks: args.sinks, milestones: long, window: args['long-window'], progress: args.json ? false : undefined, signal: stop.signal, log });
+          const c = model.config;
+          const params = model.specs.reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1), 0);
+          const modelInfo = {
+            source,
+            params,
+            num_hidden_layers: c.num_hidden_layers,
+            hidden_size: c.hidden_size,
+            num_attention_heads: c.num_attention_heads,
+            intermediate_size: c.intermediate_size,
+            vocab_size: c.vocab_size,
+            max_position_embeddings: c.max_position_embeddings,
+            sink_mode: c.sink_mode,
+          };
+          const loadStart = machine().loadavg;
+          const { rows, ratios } = caches.length
+            ? await benchDecode(model, { caches, policies, sinks: args.sinks, tokens: args.tokens, recomputeTokens: args['recompute-tokens'], warmup: args.warmup, log })
+            : { rows: [], ratios: [] };
+          // Ctrl-C (or SIGTERM) on a long stream stops it and still prints what was measured.
+          const stop = new AbortController();
+          const onSignal = () => stop.abort();
+          process.on('SIGINT', onSignal);
+          process.on('SIGTERM', onSignal);
+          let longRows: Awaited<ReturnType<typeof benchLong>> = [];
+          try {
+            if (long.length) {
+              longRows = await benchLong(model, { cache: args['long-cache'], sinks: args.sinks, milestones: long, window: args['long-window'], progress: args.json ? false : undefined, signal: stop.signal, log });
+            }
+          } finally {
+            process.off('SIGINT', onSignal);
+            process.off('SIGTERM', onSignal);
           }
+          const m = machine();
+          const note = busyNote(m.loadavg, m.threads);
+          const settings = { tokens: args.tokens, recompute_tokens: args['recompute-tokens'], warmup: args.warmup, sinks: args.sinks, long_cache: long.length ? args['long-cache'] : undefined, long_window: long.length ? args['long-window'] : undefined };
+          if (args.json) {
+            return printJson({ backend: m.backend, threads: m.threads, model: modelInfo, settings, rows, ratios, long: longRows, loadavg: m.loadavg, loadavg_start: loadStart, ...(note ? { note } : {}) });
+          }
+          const out = [`sinklm bench decode  [backend ${m.backend}, ${m.threads} threads, load average ${m.loadavg.toFixed(2)}]  model: ${source}, ${(params / 1e6).toFixed(2)}M params`];
+          if (rows.length) {
+            out.push(`policy     cache  step    ms/token  median  backend kernels/token  kv   rss MB  tensor MB  read bound  x bound   (timed tokens: ${args.tokens}, recompute ${args['recompute-tokens']}, after ${args.warmup} warmup)`);
+            for (const r of rows) {
+              out.push(`${r.policy.padEnd(9)} ${String(r.cache).padStart(6)}  ${r.decode.padEnd(6)} ${r.ms_per_token.toFixed(2).padStart(9)} ${r.ms_median.toFixed(2).padStart(7)} ${String(r.ops_per_token).padStart(22)} ${String(r.kv_tokens).padStart(5)} ${r.rss_mb.toFixed(0).padStart(7)} ${r.tensor_mb.toFixed(1).padStart(9)} ${r.read_bound_ms.toFixed(3).padStart(8)} ms ${r.over_bound.toFixed(1).padStart(7)}x`);
+            }
+            out.push(`read bound: the time to read once the bytes a token must touch (weights + every layer's keys and values at that cache), measured here; x bound: the median over it`);
+            out.push(`step: where the cached one-token step ran (host: typed arrays + SIMD WebAssembly, no backend kernels; tensor: backend kernels; SINKLM_DECODE=host|tensor)`);
+            for (const q of ratios) out.push(`recompute / sinks at ${q.cache}: ${q.recompute_over_sinks.toFixed(1)}x (medians; means ${q.recompute_over_sinks_mean.toFixed(1)}x); the paper: 22.2x at 4096 for Llama-2-13B`);
+          }
+          if (longRows.length) {
+            out.push(`long stream through sinks at ${args['long-cache']} keys (ms/token = mean of the last ${args['long-window']} tokens)`);
+            out.push(`   tokens  ms/token  rss MB  tensors  host MB  step`);
+            for (const l of longRows) {
+              out.push(`${String(l.tokens).padStart(9)} ${l.ms_per_token.toFixed(2).padStart(9)} ${l.rss_mb.toFixed(0).padStart(7)} ${String(l.num_tensors).padStart(8)} ${l.host_mb.toFixed(1).padStart(8)}  ${l.decode}${l.interrupted ? '  (interrupted here)' : ''}`);
+            }
+          }
+          if (note) out.push(note);
+          process.stdout.write(out.join('\n') + '\n');
         } finally {
-          process.off('SIGINT', onSignal);
-          process.off('SIGTERM', onSignal);
+          model.dispose();
         }
-        const m = machine();
-        const note = busyNote(m.loadavg, m.threads);
-        const settings = { tokens: args.tokens, recompute_tokens: args['recompute-tokens'], warmup: args.warmup, sinks: args.sinks, long_cache: long.length ? args['long-cache'] : undefined, long_window: long.length ? args['long-window'] : undefined };
-        if (args.json) {
-          return printJson({ backend: m.backend, threads: m.threads, model: modelInfo, settings, rows, ratios, long: longRows, loadavg: m.loadavg, loadavg_start: loadStart, ...(note ? { note } : {}) });
-        }
-        const out = [`sinklm bench decode  [backend ${m.backend}, ${m.threads} threads, load average ${m.loadavg.toFixed(2)}]  model: ${source}, ${(params / 1e6).toFixed(2)}M params`];
-        if (rows.length) {
-          out.push(`policy     cache  step    ms/token  median  backend kernels/token  kv   rss MB  tensor MB  read bound  x bound   (timed tokens: ${args.tokens}, recompute ${args['recompute-tokens']}, after ${args.warmup} warmup)`);
-          for (const r of rows) {
-            out.push(`${r.policy.padEnd(9)} ${String(r.cache).padStart(6)}  ${r.decode.padEnd(6)} ${r.ms_per_token.toFixed(2).padStart(9)} ${r.ms_median.toFixed(2).padStart(7)} ${String(r.ops_per_token).padStart(22)} ${String(r.kv_tokens).padStart(5)} ${r.rss_mb.toFixed(0).padStart(7)} ${r.tensor_mb.toFixed(1).padStart(9)} ${r.read_bound_ms.toFixed(3).padStart(8)} ms ${r.over_bound.toFixed(1).padStart(7)}x`);
-          }
-          out.push(`read bound: the time to read once the bytes a token must touch (weights + every layer's keys and values at that cache), measured here; x bound: the median over it`);
-          out.push(`step: where the cached one-token step ran (host: typed arrays + SIMD WebAssembly, no backend kernels; tensor: backend kernels; SINKLM_DECODE=host|tensor)`);
-          for (const q of ratios) out.push(`recompute / sinks at ${q.cache}: ${q.recompute_over_sinks.toFixed(1)}x (medians; means ${q.recompute_over_sinks_mean.toFixed(1)}x); the paper: 22.2x at 4096 for Llama-2-13B`);
-        }
-        if (longRows.length) {
-          out.push(`long stream through sinks at ${args['long-cache']} keys (ms/token = mean of the last ${args['long-window']} tokens)`);
-          out.push(`   tokens  ms/token  rss MB  tensors  host MB  step`);
-          for (const l of longRows) {
-            out.push(`${String(l.tokens).padStart(9)} ${l.ms_per_token.toFixed(2).padStart(9)} ${l.rss_mb.toFixed(0).padStart(7)} ${String(l.num_tensors).padStart(8)} ${l.host_mb.toFixed(1).padStart(8)}  ${l.decode}${l.interrupted ? '  (interrupted here)' : ''}`);
-          }
-        }
-        if (note) out.push(note);
-        process.stdout.write(out.join('\n') + '\n');
-      } finally {
-        model.dispose();
-      }
-    }),
+      },
+      { check: () => void planDecode(args) },
+    ),
 };
+
+/**
+ * Every input of `bench decode`, checked before TensorFlow starts: the numbers and lists, the
+ * checkpoint folder or config, and each cache against the model's positions.
+ */
+function planDecode(args: DecodeArgs): { policies: PolicyName[]; caches: number[]; long: number[]; source: string; config: NeoXConfig; seed: number } {
+  for (const k of ['tokens', 'recompute-tokens', 'long-cache', 'long-window'] as const) positiveInt(args[k], `--${k}`);
+  positiveInt(args.warmup, '--warmup', 0);
+  positiveInt(args.sinks, '--sinks', 0);
+  const policies = policyList(args.policies);
+  const caches = args.caches !== undefined ? intList(args.caches, '--caches') : args.long ? [] : [256, 1024, 4096];
+  const long = args.long ? intList(args.long, '--long') : [];
+  const needed = Math.max(...caches, long.length ? args['long-cache'] : 1);
+  let config: NeoXConfig;
+  let source: string;
+  let seed = 0; // random weights' seed (a checkpoint has its own weights)
+  if (args.checkpoint) {
+    checkCheckpointDir(args.checkpoint, '--checkpoint');
+    config = readCheckpointConfig(args.checkpoint);
+    source = args.checkpoint;
+  } else {
+    const cfg = loadRunConfig(args.config ?? defaultConfig());
+    const base = benchModelConfig(cfg);
+    // One more position than the largest cache, so dense can reach it with a token to spare.
+    config = benchModelConfig(cfg, { max_position_embeddings: Math.max(base.max_position_embeddings, needed + 1) });
+    source = `random weights, ${path.relative(process.cwd(), cfg.source)}`;
+    seed = cfg.train.seed;
+  }
+  const maxPos = config.max_position_embeddings;
+  for (const C of caches) {
+    for (const p of policies) checkCache(cacheSpecFor(p, C, args.sinks), p, maxPos, '--caches');
+    if (policies.includes('dense') && C < args.warmup + 1 + args.tokens) {
+      throw new UserError(`dense at ${C} keys cannot time ${args.tokens} tokens after ${args.warmup} warmup; lower --tokens`, { field: '--caches' });
+    }
+  }
+  if (long.length) checkCache(cacheSpecFor('sinks', args['long-cache'], args.sinks), 'sinks', maxPos, '--long-cache');
+  return { policies, caches, long, source, config, seed };
+}
 
 interface PythiaArgs extends GlobalArgs {
   cache: string;

@@ -4,7 +4,7 @@ import type { CommandModule } from 'yargs';
 import { checkCheckpointDir } from '../../model/checkpoint.js';
 import { decodeUtf8 } from '../../core/fsutil.js';
 import { generate, parsePrompts, readPrompts, type OnText } from '../../infer/generate.js';
-import { parseCache } from '../../infer/policy.js';
+import { checkCache, parseCache } from '../../infer/policy.js';
 import { checkSampling, type SamplingOptions } from '../../infer/sampling.js';
 import { loadCheckpoint } from '../../infer/text.js';
 import { checkInt, once, printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
@@ -71,10 +71,11 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       ...ONE_THREAD,
       check: () => {
         once(args, ['checkpoint', 'cache', 'prompts', 'max-new-tokens', 'temperature', 'top-k', 'top-p', 'seed']);
-        parseCache(String(args.cache));
         checkSampling({ temperature: args.temperature, topK: args['top-k'], topP: args['top-p'], seed: args.seed });
         checkInt(args['max-new-tokens'], '--max-new-tokens', 0);
-        checkCheckpointDir(args.checkpoint, '--checkpoint');
+        const config = checkCheckpointDir(args.checkpoint, '--checkpoint');
+        checkCache(parseCache(String(args.cache)), 'sinks', config.max_position_embeddings);
+        if (args.prompts !== undefined) readPrompts(args.prompts);
       },
     }),
 };

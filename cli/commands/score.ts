@@ -38,6 +38,7 @@ export const scoreCommand: CommandModule<GlobalArgs, Args> = {
         check: () => {
           once(args, ['checkpoint', 'text']);
           checkCheckpointDir(args.checkpoint, '--checkpoint');
+          readText(args.text);
         },
       },
     ),

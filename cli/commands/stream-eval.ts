@@ -35,8 +35,6 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
       const specs = args.cache.map((c) => parseCache(String(c)));
       const max = args['max-tokens'];
       const ck = await loadCheckpoint(args.checkpoint);
-      // Every cache is checked against this model before the first row is printed.
-      for (const spec of specs) checkCache(spec, args.policy, ck.model.config.max_position_embeddings);
       const stream = textStream(ck, readText(args.text), max, args.text);
       const results = [];
       const perToken: string[] = [];
@@ -58,9 +56,10 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
       ...ONE_THREAD,
       check: () => {
         once(args, ['checkpoint', 'text', 'policy', 'max-tokens', 'per-token']);
-        for (const c of args.cache) parseCache(String(c));
         checkInt(args['max-tokens'], '--max-tokens', 2);
-        checkCheckpointDir(args.checkpoint, '--checkpoint');
+        const config = checkCheckpointDir(args.checkpoint, '--checkpoint');
+        for (const c of args.cache) checkCache(parseCache(String(c)), args.policy, config.max_position_embeddings);
+        readText(args.text);
         if (args['per-token'] !== undefined) checkOutputPath(args['per-token'], 'file', '--per-token');
       },
     }),

@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { UserError } from '../../core/errors.js';
 import { PAPER_TABLE3 } from '../../experiments/report.js';
-import { DRIFT_TOLERANCE, parseModelArg, RECOMPUTE_TOKENS, validate, validateModels, type ValidateResult } from '../../experiments/validate.js';
+import { DRIFT_TOLERANCE, parseModelArg, planModels, planShipped, RECOMPUTE_TOKENS, validate, validateModels, type ValidateResult } from '../../experiments/validate.js';
 import { formatVerdict, verdictRule } from '../../experiments/verdicts.js';
 import { printJson, ONE_THREAD, runCommand, withJson, type GlobalArgs } from '../common.js';
 
@@ -45,29 +45,42 @@ export const validateCommand: CommandModule<GlobalArgs, Args> = {
           describe: 'largest relative difference of a recomputed cell from the recorded one; past it validate fails (exit 1)',
         }),
     ),
-  handler: (args) =>
-    runCommand(args, async () => {
-      if (!(args.tolerance >= 0)) throw new UserError(`must be a number >= 0 (got ${args.tolerance})`, { field: '--tolerance' });
-      nonNegativeInt(args['recompute-tokens'], '--recompute-tokens');
-      const common = {
-        progress: args.json ? false : undefined,
-        log: args.json ? undefined : (l: string) => process.stderr.write(l + '\n'),
-        recomputeTokens: args['recompute-tokens'],
-      };
-      let r: ValidateResult;
-      if (args.model?.length) {
-        if (args.checkpoints !== undefined) throw new UserError('give either --checkpoints (a shipped ablation) or --model folders, not both', { field: '--checkpoints' });
-        if (args.text === undefined) throw new UserError('--model needs a text to stream: --text FILE', { field: '--text' });
-        r = await validateModels({ ...common, models: args.model.map(parseModelArg), text: args.text, window: args.window, maxTokens: args['max-tokens'] });
-      } else {
-        for (const flag of ['text', 'window', 'max-tokens'] as const) {
-          if (args[flag] !== undefined) throw new UserError(`applies with --model only (the shipped ablation records its own text and grid)`, { field: `--${flag}` });
-        }
-        r = await validate({ ...common, dir: args.checkpoints, tolerance: args.tolerance });
-      }
-      if (args.json) return printJson(r);
-      process.stdout.write(formatResult(r) + '\n');
-    }, ONE_THREAD),
+  handler: (args) => {
+    const models = () => ({ models: (args.model ?? []).map(parseModelArg), text: args.text!, window: args.window, maxTokens: args['max-tokens'] });
+    return runCommand(
+      args,
+      async () => {
+        const common = {
+          progress: args.json ? false : undefined,
+          log: args.json ? undefined : (l: string) => process.stderr.write(l + '\n'),
+          recomputeTokens: args['recompute-tokens'],
+        };
+        const r: ValidateResult = args.model?.length
+          ? await validateModels({ ...common, ...models() })
+          : await validate({ ...common, dir: args.checkpoints, tolerance: args.tolerance });
+        if (args.json) return printJson(r);
+        process.stdout.write(formatResult(r) + '\n');
+      },
+      {
+        ...ONE_THREAD,
+        // Every input, before TensorFlow starts.
+        check: () => {
+          if (!(args.tolerance >= 0)) throw new UserError(`must be a number >= 0 (got ${args.tolerance})`, { field: '--tolerance' });
+          nonNegativeInt(args['recompute-tokens'], '--recompute-tokens');
+          if (args.model?.length) {
+            if (args.checkpoints !== undefined) throw new UserError('give either --checkpoints (a shipped ablation) or --model folders, not both', { field: '--checkpoints' });
+            if (args.text === undefined) throw new UserError('--model needs a text to stream: --text FILE', { field: '--text' });
+            planModels(models());
+          } else {
+            for (const flag of ['text', 'window', 'max-tokens'] as const) {
+              if (args[flag] !== undefined) throw new UserError(`applies with --model only (the shipped ablation records its own text and grid)`, { field: `--${flag}` });
+            }
+            planShipped(args.checkpoints);
+          }
+        },
+      },
+    );
+  },
 };
 
 function table(r: ValidateResult, value: (model: string, cache: string) => string): string[] {
