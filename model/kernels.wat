@@ -4,6 +4,27 @@
 (module
   (import "env" "memory" (memory 1))
 
+  ;; The sum of four lanes as (l0 + l2) + (l1 + l3): every kernel reduces a dot product's
+  ;; lanes in this order ($sum4 does four at once), so they agree bit for bit.
+  (func $hsum (param $a v128) (result f32)
+    (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a)) (f32x4.extract_lane 2 (local.get $a)))
+             (f32.add (f32x4.extract_lane 1 (local.get $a)) (f32x4.extract_lane 3 (local.get $a)))))
+
+  ;; [hsum a0, hsum a1, hsum a2, hsum a3] in one vector, bit for bit: lanes paired (0 with 2,
+  ;; 1 with 3) by two interleaves, then the pairs added.
+  (func $sum4 (param $a0 v128) (param $a1 v128) (param $a2 v128) (param $a3 v128) (result v128)
+    (local $s01 v128) (local $s23 v128)
+    ;; [a0.0 + a0.2, a1.0 + a1.2, a0.1 + a0.3, a1.1 + a1.3], and the same of a2, a3
+    (local.set $s01 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $a0) (local.get $a1))
+      (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $a0) (local.get $a1))))
+    (local.set $s23 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $a2) (local.get $a3))
+      (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $a2) (local.get $a3))))
+    (f32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $s01) (local.get $s23))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $s01) (local.get $s23))))
+
   ;; dot(a[0..n), b[0..n)) with four f32 lanes, then the tail one by one.
   (func $dot (param $a i32) (param $b i32) (param $n i32) (result f32)
     (local $acc v128) (local $i i32) (local $end4 i32) (local $s f32)
@@ -17,10 +38,7 @@
                      (v128.load (i32.add (local.get $b) (local.get $i))))))
       (local.set $i (i32.add (local.get $i) (i32.const 16)))
       (br $l)))
-    (local.set $s
-      (f32.add
-        (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
-        (f32.add (f32x4.extract_lane 2 (local.get $acc)) (f32x4.extract_lane 3 (local.get $acc)))))
+    (local.set $s (call $hsum (local.get $acc)))
     (block $d2 (loop $l2
       (br_if $d2 (i32.ge_u (local.get $i) (i32.shl (local.get $n) (i32.const 2))))
       (local.set $s
@@ -33,10 +51,44 @@
 
   ;; y[o] = (bias ? b[o] : 0) + dot(x[0..n), w[o * stride .. o * stride + n)) for o < m.
   ;; A linear layer ([out, in] weights: stride = n) or the scores of m keys (stride = head dim).
+  ;; When n is a multiple of 4, four rows at a time: x is loaded once for four rows, their
+  ;; sums are four independent chains, and $sum4 reduces them into one store; each sum is
+  ;; $dot's, bit for bit. The rows left over (and any n with a tail) go one by one.
   (func (export "matvec") (param $x i32) (param $w i32) (param $stride i32) (param $b i32) (param $bias i32)
                           (param $y i32) (param $n i32) (param $m i32)
-    (local $o i32) (local $rowBytes i32) (local $s f32)
+    (local $o i32) (local $rowBytes i32) (local $s f32) (local $i i32) (local $nBytes i32)
+    (local $w1 i32) (local $w2 i32) (local $w3 i32) (local $xv v128) (local $r v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local.set $rowBytes (i32.shl (local.get $stride) (i32.const 2)))
+    (local.set $nBytes (i32.shl (local.get $n) (i32.const 2)))
+    (if (i32.eqz (i32.and (local.get $n) (i32.const 3)))
+      (then
+        (block $d4 (loop $l4
+          (br_if $d4 (i32.gt_u (i32.add (local.get $o) (i32.const 4)) (local.get $m)))
+          (local.set $w1 (i32.add (local.get $w) (local.get $rowBytes)))
+          (local.set $w2 (i32.add (local.get $w1) (local.get $rowBytes)))
+          (local.set $w3 (i32.add (local.get $w2) (local.get $rowBytes)))
+          (local.set $a0 (v128.const f32x4 0 0 0 0))
+          (local.set $a1 (v128.const f32x4 0 0 0 0))
+          (local.set $a2 (v128.const f32x4 0 0 0 0))
+          (local.set $a3 (v128.const f32x4 0 0 0 0))
+          (local.set $i (i32.const 0))
+          (block $di (loop $li
+            (br_if $di (i32.ge_u (local.get $i) (local.get $nBytes)))
+            (local.set $xv (v128.load (i32.add (local.get $x) (local.get $i))))
+            (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w) (local.get $i))))))
+            (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w1) (local.get $i))))))
+            (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w2) (local.get $i))))))
+            (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w3) (local.get $i))))))
+            (local.set $i (i32.add (local.get $i) (i32.const 16)))
+            (br $li)))
+          (local.set $r (call $sum4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)))
+          (if (local.get $bias)
+            (then (local.set $r (f32x4.add (local.get $r) (v128.load (i32.add (local.get $b) (i32.shl (local.get $o) (i32.const 2))))))))
+          (v128.store (i32.add (local.get $y) (i32.shl (local.get $o) (i32.const 2))) (local.get $r))
+          (local.set $w (i32.add (local.get $w3) (local.get $rowBytes)))
+          (local.set $o (i32.add (local.get $o) (i32.const 4)))
+          (br $l4)))))
     (block $d (loop $l
       (br_if $d (i32.ge_u (local.get $o) (local.get $m)))
       (local.set $s (call $dot (local.get $x) (local.get $w) (local.get $n)))
@@ -47,7 +99,7 @@
       (local.set $o (i32.add (local.get $o) (i32.const 1)))
       (br $l))))
 
-;; $dot of one weight row w[0..n) with four inputs at once, stored (plus bv when $bias) at
+  ;; $dot of one weight row w[0..n) with four inputs at once, stored (plus bv when $bias) at
   ;; y0..y3. Four independent sums: the weights are loaded once, and the adds of one sum do
   ;; not wait on another's. Each sum takes $dot's lanes, order and tail, so it equals $dot's
   ;; bit for bit.
@@ -70,14 +122,10 @@
       (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (v128.load (i32.add (local.get $x3) (local.get $i))) (local.get $wv))))
       (local.set $i (i32.add (local.get $i) (i32.const 16)))
       (br $l)))
-    (local.set $s0 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a0)) (f32x4.extract_lane 1 (local.get $a0)))
-                            (f32.add (f32x4.extract_lane 2 (local.get $a0)) (f32x4.extract_lane 3 (local.get $a0)))))
-    (local.set $s1 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a1)) (f32x4.extract_lane 1 (local.get $a1)))
-                            (f32.add (f32x4.extract_lane 2 (local.get $a1)) (f32x4.extract_lane 3 (local.get $a1)))))
-    (local.set $s2 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a2)) (f32x4.extract_lane 1 (local.get $a2)))
-                            (f32.add (f32x4.extract_lane 2 (local.get $a2)) (f32x4.extract_lane 3 (local.get $a2)))))
-    (local.set $s3 (f32.add (f32.add (f32x4.extract_lane 0 (local.get $a3)) (f32x4.extract_lane 1 (local.get $a3)))
-                            (f32.add (f32x4.extract_lane 2 (local.get $a3)) (f32x4.extract_lane 3 (local.get $a3)))))
+    (local.set $s0 (call $hsum (local.get $a0)))
+    (local.set $s1 (call $hsum (local.get $a1)))
+    (local.set $s2 (call $hsum (local.get $a2)))
+    (local.set $s3 (call $hsum (local.get $a3)))
     (block $d2 (loop $l2
       (br_if $d2 (i32.ge_u (local.get $i) (i32.shl (local.get $n) (i32.const 2))))
       (local.set $wf (f32.load (i32.add (local.get $w) (local.get $i))))
@@ -144,42 +192,87 @@
       (br $l))))
 
   ;; out[0..n) = sum over j < m of p[j] * v[j * stride .. j * stride + n): attention's weighted sum.
+  ;; Column chunks of 32 floats are summed in eight vector registers over all m rows, then
+  ;; stored once (a head of 32 dims is one pass); what is left, by 4 floats, then one by one.
+  ;; Each out[i] is p[0] v[0][i] + p[1] v[1][i] + ... in row order, from 0.
   (func (export "wsum") (param $p i32) (param $v i32) (param $stride i32) (param $out i32) (param $n i32) (param $m i32)
-    (local $j i32) (local $i i32) (local $end4 i32) (local $pj f32) (local $pv v128) (local $rowBytes i32) (local $nBytes i32)
-    (local.set $end4 (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
+    (local $j i32) (local $c i32) (local $vc i32) (local $pv v128) (local $rowBytes i32) (local $nBytes i32)
+    (local $pj f32) (local $sc f32)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (local $a4 v128) (local $a5 v128) (local $a6 v128) (local $a7 v128)
     (local.set $nBytes (i32.shl (local.get $n) (i32.const 2)))
     (local.set $rowBytes (i32.shl (local.get $stride) (i32.const 2)))
-    ;; out = 0
-    (local.set $i (i32.const 0))
-    (block $z (loop $lz
-      (br_if $z (i32.ge_u (local.get $i) (local.get $nBytes)))
-      (f32.store (i32.add (local.get $out) (local.get $i)) (f32.const 0))
-      (local.set $i (i32.add (local.get $i) (i32.const 4)))
-      (br $lz)))
-    (block $d (loop $l
-      (br_if $d (i32.ge_u (local.get $j) (local.get $m)))
-      (local.set $pj (f32.load (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const 2)))))
-      (if (f32.ne (local.get $pj) (f32.const 0))
-        (then
-          (local.set $pv (f32x4.splat (local.get $pj)))
-          (local.set $i (i32.const 0))
-          (block $d2 (loop $l2
-            (br_if $d2 (i32.ge_u (local.get $i) (local.get $end4)))
-            (v128.store (i32.add (local.get $out) (local.get $i))
-              (f32x4.add (v128.load (i32.add (local.get $out) (local.get $i)))
-                (f32x4.mul (local.get $pv) (v128.load (i32.add (local.get $v) (local.get $i))))))
-            (local.set $i (i32.add (local.get $i) (i32.const 16)))
-            (br $l2)))
-          (block $d3 (loop $l3
-            (br_if $d3 (i32.ge_u (local.get $i) (local.get $nBytes)))
-            (f32.store (i32.add (local.get $out) (local.get $i))
-              (f32.add (f32.load (i32.add (local.get $out) (local.get $i)))
-                (f32.mul (local.get $pj) (f32.load (i32.add (local.get $v) (local.get $i))))))
-            (local.set $i (i32.add (local.get $i) (i32.const 4)))
-            (br $l3)))))
-      (local.set $v (i32.add (local.get $v) (local.get $rowBytes)))
-      (local.set $j (i32.add (local.get $j) (i32.const 1)))
-      (br $l))))
+    ;; Chunks of 32 floats (128 bytes).
+    (block $d32 (loop $l32
+      (br_if $d32 (i32.gt_u (i32.add (local.get $c) (i32.const 128)) (local.get $nBytes)))
+      (local.set $a0 (v128.const f32x4 0 0 0 0))
+      (local.set $a1 (v128.const f32x4 0 0 0 0))
+      (local.set $a2 (v128.const f32x4 0 0 0 0))
+      (local.set $a3 (v128.const f32x4 0 0 0 0))
+      (local.set $a4 (v128.const f32x4 0 0 0 0))
+      (local.set $a5 (v128.const f32x4 0 0 0 0))
+      (local.set $a6 (v128.const f32x4 0 0 0 0))
+      (local.set $a7 (v128.const f32x4 0 0 0 0))
+      (local.set $vc (i32.add (local.get $v) (local.get $c)))
+      (local.set $j (i32.const 0))
+      (block $d (loop $l
+        (br_if $d (i32.ge_u (local.get $j) (local.get $m)))
+        (local.set $pv (v128.load32_splat (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const 2)))))
+        (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $pv) (v128.load offset=0 (local.get $vc)))))
+        (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $pv) (v128.load offset=16 (local.get $vc)))))
+        (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $pv) (v128.load offset=32 (local.get $vc)))))
+        (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $pv) (v128.load offset=48 (local.get $vc)))))
+        (local.set $a4 (f32x4.add (local.get $a4) (f32x4.mul (local.get $pv) (v128.load offset=64 (local.get $vc)))))
+        (local.set $a5 (f32x4.add (local.get $a5) (f32x4.mul (local.get $pv) (v128.load offset=80 (local.get $vc)))))
+        (local.set $a6 (f32x4.add (local.get $a6) (f32x4.mul (local.get $pv) (v128.load offset=96 (local.get $vc)))))
+        (local.set $a7 (f32x4.add (local.get $a7) (f32x4.mul (local.get $pv) (v128.load offset=112 (local.get $vc)))))
+        (local.set $vc (i32.add (local.get $vc) (local.get $rowBytes)))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $l)))
+      (local.set $vc (i32.add (local.get $out) (local.get $c)))
+      (v128.store offset=0 (local.get $vc) (local.get $a0))
+      (v128.store offset=16 (local.get $vc) (local.get $a1))
+      (v128.store offset=32 (local.get $vc) (local.get $a2))
+      (v128.store offset=48 (local.get $vc) (local.get $a3))
+      (v128.store offset=64 (local.get $vc) (local.get $a4))
+      (v128.store offset=80 (local.get $vc) (local.get $a5))
+      (v128.store offset=96 (local.get $vc) (local.get $a6))
+      (v128.store offset=112 (local.get $vc) (local.get $a7))
+      (local.set $c (i32.add (local.get $c) (i32.const 128)))
+      (br $l32)))
+    ;; Chunks of 4 floats.
+    (block $d4 (loop $l4
+      (br_if $d4 (i32.gt_u (i32.add (local.get $c) (i32.const 16)) (local.get $nBytes)))
+      (local.set $a0 (v128.const f32x4 0 0 0 0))
+      (local.set $vc (i32.add (local.get $v) (local.get $c)))
+      (local.set $j (i32.const 0))
+      (block $d (loop $l
+        (br_if $d (i32.ge_u (local.get $j) (local.get $m)))
+        (local.set $pv (v128.load32_splat (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const 2)))))
+        (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $pv) (v128.load offset=0 (local.get $vc)))))
+        (local.set $vc (i32.add (local.get $vc) (local.get $rowBytes)))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $l)))
+      (v128.store (i32.add (local.get $out) (local.get $c)) (local.get $a0))
+      (local.set $c (i32.add (local.get $c) (i32.const 16)))
+      (br $l4)))
+    ;; The last floats, one by one.
+    (block $d1 (loop $l1
+      (br_if $d1 (i32.ge_u (local.get $c) (local.get $nBytes)))
+      (local.set $sc (f32.const 0))
+      (local.set $vc (i32.add (local.get $v) (local.get $c)))
+      (local.set $j (i32.const 0))
+      (block $d (loop $l
+        (br_if $d (i32.ge_u (local.get $j) (local.get $m)))
+        (local.set $pj (f32.load (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const 2)))))
+        (local.set $sc (f32.add (local.get $sc) (f32.mul (local.get $pj) (f32.load (local.get $vc)))))
+        (local.set $vc (i32.add (local.get $vc) (local.get $rowBytes)))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $l)))
+      (f32.store (i32.add (local.get $out) (local.get $c)) (local.get $sc))
+      (local.set $c (i32.add (local.get $c) (i32.const 4)))
+      (br $l1))))
+
   ;; exp of four lanes: Cephes' expf (x = n ln2 + r, |r| <= ln2/2, 2^n times a degree-6
   ;; polynomial in r), within 2 ulp of float32 exp; exactly 0 below -87.7 (masked scores).
   (func $exp4 (param $x v128) (result v128)

@@ -180,11 +180,11 @@ describe('host memory and kernels', () => {
     expect(text).toBe(kernelsModuleText(await assembleKernels()));
   });
 
-  it('matvec and wsum agree with plain loops, tails (lengths not a multiple of 4) included', () => {
+  it('matvec and wsum agree with plain loops: four-row blocks, 32-float chunks, tails (lengths not a multiple of 4) included', () => {
     const mem = new HostMemory();
     let seed = 1;
     const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
-    for (const [n, m, stride] of [[16, 5, 16], [13, 7, 13], [3, 4, 9], [6, 3, 8]] as const) {
+    for (const [n, m, stride] of [[16, 5, 16], [13, 7, 13], [3, 4, 9], [6, 3, 8], [32, 11, 32], [72, 9, 80], [36, 6, 40]] as const) {
       const xs = Float32Array.from({ length: n }, rnd);
       const ws = Float32Array.from({ length: m * stride }, rnd);
       const bs = Float32Array.from({ length: m }, rnd);
