@@ -92,10 +92,11 @@ export function bytesPerToken(c: NeoXConfig, keys: number): number {
 /**
  * The memory-read bound: the shortest of several timed reads of `bytes`, each one pass of
  * the host step's SIMD matrix-vector kernel over a block that size (rows of 1,024 floats,
- * each read once), in this process (the shortest: a bound is what the machine can do, and
- * other processes only ever lengthen a read). No one-token step that reads its weights and
- * cache can beat it on one thread; a step's ratio to it says how much of its time is
- * anything else.
+ * each read once), on as many threads as the host step runs (its rows split between them
+ * as the step splits a matrix), in this process (the shortest: a bound is what the machine
+ * can do, and other processes only ever lengthen a read). No one-token step that reads its
+ * weights and cache on those threads can beat it; a step's ratio to it says how much of
+ * its time is anything else.
  */
 export function readBoundMs(bytes: number, reps = 9): number {
   const mem = hostMemory();
@@ -109,7 +110,7 @@ export function readBoundMs(bytes: number, reps = 9): number {
     const ms: number[] = [];
     for (let r = 0; r < reps + 1; r++) {
       const t0 = performance.now();
-      mem.matvec(x, w, n, 0, y, n, m);
+      mem.matvecSplit(x, w, n, 0, y, n, m);
       if (r > 0) ms.push(performance.now() - t0);
     }
     return Math.min(...ms);
@@ -350,6 +351,6 @@ export async function benchLong(model: GPTNeoX, o: LongOptions): Promise<LongRow
 }
 
 /** The figures' context: backend and how busy the machine was. */
-export function machine(): { backend: string; threads: number; loadavg: number } {
-  return { backend: backendInfo().backend, threads: backendInfo().threads, loadavg: os.loadavg()[0]! };
+export function machine(): { backend: string; threads: number; host_threads: number; loadavg: number } {
+  return { backend: backendInfo().backend, threads: backendInfo().threads, host_threads: hostMemory().threads, loadavg: os.loadavg()[0]! };
 }

@@ -5,8 +5,10 @@
  * view (Float32Array) is taken at the moment of use, because growing the memory detaches
  * every earlier view.
  */
+import * as os from 'node:os';
 import { UserError } from '../core/errors.js';
 import type { NeoXConfig } from './config.js';
+import { KernelHelper, type KernelCalls } from './hostpool.js';
 import { KERNELS_WASM_BASE64 } from './kernels.wasm.js';
 
 const PAGE = 65536;
@@ -51,9 +53,27 @@ interface Kernels {
   softmax(s: number, bias: number, m: number, extra: number): void;
 }
 
-export class HostMemory {
+/**
+ * Threads the host step runs its kernels on: SINKLM_HOST_THREADS (1 or 2), else 2 when the
+ * machine has two cores or more. The second is a helper worker (model/hostpool.ts); the
+ * numbers are the same bits either way.
+ */
+export function hostThreads(): number {
+  const env = process.env.SINKLM_HOST_THREADS;
+  if (env !== undefined && env !== '') {
+    if (env !== '1' && env !== '2') throw new UserError(`must be 1 or 2 (got "${env}")`, { field: 'SINKLM_HOST_THREADS' });
+    return Number(env);
+  }
+  return Math.min(2, os.availableParallelism?.() ?? os.cpus().length);
+}
+
+export class HostMemory implements KernelCalls {
+  /** Shared, so the helper thread's instance of the kernels works on the same bytes. */
   readonly memory: WebAssembly.Memory;
+  private readonly module: WebAssembly.Module;
   private readonly kernels: Kernels;
+  private helper: KernelHelper | null | undefined;
+  private wanted: number | undefined;
   /** Free blocks [offset, bytes], sorted by offset and coalesced. */
   private free: [number, number][] = [];
   private readonly sizes = new Map<number, number>();
@@ -61,9 +81,53 @@ export class HostMemory {
   private top = ALIGN;
 
   constructor() {
-    this.memory = new WebAssembly.Memory({ initial: 16 });
-    const module = new WebAssembly.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
-    this.kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as Kernels;
+    this.memory = new WebAssembly.Memory({ initial: 16, maximum: WASM_MAX_BYTES / PAGE, shared: true });
+    this.module = new WebAssembly.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
+    this.kernels = new WebAssembly.Instance(this.module, { env: { memory: this.memory } }).exports as unknown as Kernels;
+  }
+
+  /** 2 when a helper thread runs kernels beside this one (hostThreads()), else 1. */
+  get threads(): number {
+    if (this.helper === undefined) this.helper = (this.wanted ?? hostThreads()) > 1 ? new KernelHelper(this.module, this.memory) : null;
+    return this.helper ? 2 : 1;
+  }
+
+  /** Runs the kernels on 1 or 2 threads from now on, whatever SINKLM_HOST_THREADS says. */
+  setThreads(threads: 1 | 2): void {
+    this.closeHelper();
+    this.wanted = threads;
+  }
+
+  /**
+   * `theirs` on the helper thread while `mine` runs here (with one thread: theirs, then
+   * mine, here); returns when both are done. The two must write disjoint memory.
+   */
+  both(theirs: (k: KernelCalls) => void, mine: (k: KernelCalls) => void): void {
+    if (this.threads > 1) this.helper!.run(theirs, () => mine(this));
+    else {
+      theirs(this);
+      mine(this);
+    }
+  }
+
+  /**
+   * matvec with its m rows split between the threads (the helper takes the later half,
+   * from a multiple of 4): the same bits as matvec.
+   */
+  matvecSplit(x: number, w: number, stride: number, b: number, y: number, n: number, m: number): void {
+    const half = Math.floor(m / 8) * 4;
+    if (this.threads < 2 || half === 0) return this.matvec(x, w, stride, b, y, n, m);
+    const skip = (rows: number, at: number, scale: number) => (at === 0 ? 0 : at + rows * scale * 4);
+    this.both(
+      (k) => k.matvec(x, w + half * stride * 4, stride, skip(half, b, 1), y + half * 4, n, m - half),
+      (k) => k.matvec(x, w, stride, b, y, n, half),
+    );
+  }
+
+  /** Ends the helper thread, if there is one (it ends with the process anyway). */
+  closeHelper(): void {
+    this.helper?.close();
+    this.helper = undefined;
   }
 
   /** A zero-filled block of n float32s; returns its byte offset. */

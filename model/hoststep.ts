@@ -23,6 +23,7 @@
 import { checkPositions, type CacheLayout } from './cache.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { hostMemory } from './hostmem.js';
+import type { KernelCalls } from './hostpool.js';
 import type { GPTNeoX } from './neox.js';
 import { rotaryFrequencies } from './ops.js';
 
@@ -123,8 +124,8 @@ export class HostStep {
   private readonly freq: Float64Array;
   /** Blocks of host memory holding this step's weights. */
   private readonly blocks: number[] = [];
-  /** Activation blocks, kept while big enough for the step's rows and keys. */
-  private scratch: { rows: number; L: number; at: Scratch } | null = null;
+  /** Activation blocks, kept while big enough for the step's rows, keys and runs of keys. */
+  private scratch: { rows: number; L: number; R: number; at: Scratch } | null = null;
 
   /** Copies the model's weights out of TensorFlow once; later changes to them are not seen. */
   constructor(model: GPTNeoX) {
@@ -167,8 +168,8 @@ export class HostStep {
     this.freq = rotaryFrequencies(rotaryDims(c), c.rotary_emb_base);
   }
 
-  private scratchFor(rows: number, L: number): Scratch {
-    if (this.scratch && this.scratch.rows >= rows && this.scratch.L >= L) return this.scratch.at;
+  private scratchFor(rows: number, L: number, R: number): Scratch {
+    if (this.scratch && this.scratch.rows >= rows && this.scratch.L >= L && this.scratch.R >= R) return this.scratch.at;
     if (this.scratch) for (const at of Object.values(this.scratch.at)) this.mem.release(at);
     const c = this.config;
     const D = c.hidden_size;
@@ -181,18 +182,23 @@ export class HostStep {
       up: a(rows * c.intermediate_size),
       mlp: a(rows * D),
       logits: a(rows * c.vocab_size),
-      q: a(headDim(c)),
+      q: a(rows * c.num_attention_heads * R * headDim(c)),
       p: a(L),
+      p2: a(L),
       bias: a(rows * L),
     };
-    this.scratch = { rows, L, at };
+    this.scratch = { rows, L, R, at };
     return at;
   }
 
-  /** y = x W^T + b for `rows` rows, all in host memory; the weights are read once for all rows. */
+  /**
+   * y = x W^T + b for `rows` rows, all in host memory; the weights are read once for all
+   * rows. One row's matrix, when large enough to pay for it, is split between the threads.
+   */
   private linear(l: HostLinear, x: number, y: number, rows: number): void {
-    if (rows === 1) this.mem.matvec(x, l.w, l.cols, l.b, y, l.cols, l.rows);
-    else this.mem.matrows(x, rows, l.w, l.b, y, l.cols, l.rows);
+    if (rows > 1) this.mem.matrows(x, rows, l.w, l.b, y, l.cols, l.rows);
+    else if (l.rows * l.cols >= SPLIT_MATRIX) this.mem.matvecSplit(x, l.w, l.cols, l.b, y, l.cols, l.rows);
+    else this.mem.matvec(x, l.w, l.cols, l.b, y, l.cols, l.rows);
   }
 
   /**
@@ -219,10 +225,12 @@ export class HostStep {
       if (!(id >= 0 && id < V)) throw new Error(`token id ${id} outside the vocabulary of ${V}`);
       x.set(this.embedIn.subarray(id * D, (id + 1) * D), r * D);
     }
-    const at = this.scratchFor(rows, L);
-    mem.f32(at.bias, rows * L).set(layout.bias);
     const keyAngles = Array.from({ length: rows }, (_, r) => this.angles(layout.queryTimes[r]!));
     const runs = this.runsOf(layout, B, n, L);
+    const at = this.scratchFor(rows, L, Math.max(...runs.map((rr) => rr.length)));
+    mem.f32(at.bias, rows * L).set(layout.bias);
+    // A row whose mask is all zeros (every key visible: a one-token step) needs none.
+    const masks = Array.from({ length: rows }, (_, r) => (layout.bias.subarray(r * L, (r + 1) * L).some((v) => v !== 0) ? at.bias + r * L * 4 : 0));
     const xhat = new Float32Array(rows * D);
     const q = new Float32Array(rows * D);
     const kNew = new Float32Array(rows * D);
@@ -261,7 +269,7 @@ export class HostStep {
       }
       // The cache may grow host memory here: views are taken again after it.
       const kv = cache.updateHost(li, kNew, vNew);
-      this.attend(q, kv, runs, lw.sinks, B, n, L, at);
+      this.attend(q, kv, runs, masks, lw.sinks, B, n, L, at);
       this.linear(lw.dense, at.ctx, at.attn, rows);
       affine(xhat, lw.ln2w, lw.ln2b, D, mem.f32(at.a, rows * D));
       this.linear(lw.up, at.a, at.up, rows);
@@ -315,12 +323,15 @@ export class HostStep {
    * Each query's attention over the cache's keys (stored rotated at their times), into
    * at.ctx: per run of keys, the query rotated at its angles and one SIMD matvec of the
    * whole head over the run's keys; then the SIMD softmax with the mask and the implicit
-   * sink, and the SIMD weighted sum of the values.
+   * sink, and the SIMD weighted sum of the values. The (row, head) units are split between
+   * the threads when there are keys enough to pay for it; each unit is the same calls on
+   * either, so the same bits.
    */
   private attend(
     q: Float32Array,
     kv: { k: number; v: number; stride: number },
     runs: KeyRun[][],
+    masks: number[],
     sinkLogits: Float32Array | null,
     B: number,
     n: number,
@@ -332,22 +343,36 @@ export class HostStep {
     const H = c.num_attention_heads;
     const hd = headDim(c);
     const mode = c.sink_mode;
-    const qr = mem.f32(at.q, hd);
-    for (let b = 0; b < B; b++) {
-      for (let i = 0; i < n; i++) {
-        const r = b * n + i;
-        for (let h = 0; h < H; h++) {
-          const block = (b * H + h) * kv.stride * hd;
-          for (const run of runs[r]!) {
-            rotate(q, (r * H + h) * hd, qr, 0, run.angles, hd);
-            mem.matvec(at.q, kv.k + (block + run.from * hd) * 4, hd, 0, at.p + run.from * 4, hd, run.to - run.from);
-          }
-          const extra = mode === 'softmax1' ? 0 : mode === 'logit' ? sinkLogits![h]! : -Infinity;
-          mem.softmax(at.p, at.bias + r * L * 4, L, extra);
-          mem.wsum(at.p, kv.v + block * 4, hd, at.ctx + (r * H + h) * hd * 4, hd, L);
-        }
-      }
+    const units = B * n * H;
+    const R = Math.max(...runs.map((rr) => rr.length));
+    // Every unit's query, rotated at each of its runs' angles: [units, R, hd].
+    const qr = mem.f32(at.q, units * R * hd);
+    for (let u = 0; u < units; u++) {
+      const r = Math.floor(u / H);
+      runs[r]!.forEach((run, j) => rotate(q, u * hd, qr, (u * R + j) * hd, run.angles, hd));
     }
+    const unit = (k: KernelCalls, u: number, p: number) => {
+      const r = Math.floor(u / H);
+      const h = u % H;
+      const block = (Math.floor(r / n) * H + h) * kv.stride * hd;
+      runs[r]!.forEach((run, j) =>
+        k.matvec(at.q + (u * R + j) * hd * 4, kv.k + (block + run.from * hd) * 4, hd, 0, p + run.from * 4, hd, run.to - run.from),
+      );
+      const extra = mode === 'softmax1' ? 0 : mode === 'logit' ? sinkLogits![h]! : -Infinity;
+      k.softmax(p, masks[r]!, L, extra);
+      k.wsum(p, kv.v + block * 4, hd, at.ctx + u * hd * 4, hd, L);
+    };
+    if (units > 1 && L >= SPLIT_KEYS && mem.threads > 1) {
+      const split = Math.ceil(units / 2);
+      mem.both(
+        (k) => {
+          for (let u = split; u < units; u++) unit(k, u, at.p2);
+        },
+        (k) => {
+          for (let u = 0; u < split; u++) unit(k, u, at.p);
+        },
+      );
+    } else for (let u = 0; u < units; u++) unit(mem, u, at.p);
   }
 
   /** Gives back the host memory of the weights and activations; the step cannot run afterwards. */
@@ -394,8 +419,15 @@ interface Scratch {
   logits: number;
   q: number;
   p: number;
+  /** The helper thread's scores. */
+  p2: number;
   bias: number;
 }
+
+/** A one-row matrix product is split between the threads from this many weights (64 KB). */
+const SPLIT_MATRIX = 16384;
+/** Attention is split between the threads from this many keys per head. */
+const SPLIT_KEYS = 128;
 
 /**
  * The model's HostStep (its weights are copied once); inference only. A copy made before

@@ -2,7 +2,7 @@
 ;; Pointers are byte offsets, lengths are float counts. Built into model/kernels.wasm.ts by
 ;; `npm run build:kernels` (wabt); test/hostkernels.test.ts checks the two agree.
 (module
-  (import "env" "memory" (memory 1))
+  (import "env" "memory" (memory 1 65536 shared))
 
   ;; The sum of four lanes as (l0 + l2) + (l1 + l3): every kernel reduces a dot product's
   ;; lanes in this order ($sum4 does four at once), so they agree bit for bit.

@@ -12,9 +12,11 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export async function assembleKernels() {
   const wabt = await wabtInit();
   const src = fs.readFileSync(path.join(root, 'model', 'kernels.wat'), 'utf8');
-  const mod = wabt.parseWat('kernels.wat', src, { simd: true });
+  // SIMD, and threads for the shared memory the helper thread works on (model/hostpool.ts).
+  const features = { simd: true, threads: true };
+  const mod = wabt.parseWat('kernels.wat', src, features);
   try {
-    mod.validate();
+    mod.validate(features);
     return Buffer.from(mod.toBinary({}).buffer);
   } finally {
     mod.destroy();

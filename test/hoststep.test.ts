@@ -6,7 +6,7 @@ import { DenseCache } from '../infer/cache/dense.js';
 import { SinkCache } from '../infer/cache/sinks.js';
 import { decodePath } from '../infer/policy.js';
 import { headDim } from '../model/config.js';
-import { HostMemory, hostMemory } from '../model/hostmem.js';
+import { HostMemory, hostMemory, hostThreads } from '../model/hostmem.js';
 import { erf, HostStep, hostStepOf } from '../model/hoststep.js';
 import type { GPTNeoX } from '../model/neox.js';
 import * as tf from '@tensorflow/tfjs-core';
@@ -98,6 +98,50 @@ describe('HostStep equals GPTNeoX.step', () => {
     hostCache.dispose();
     model.dispose();
     other.dispose();
+  });
+});
+
+describe('the host step on two threads', () => {
+  it('gives the same bits as on one, matrices and attention split (every mode, sinks and dense caches)', () => {
+    const mem = hostMemory();
+    try {
+      for (const mode of ['none', 'token', 'softmax1', 'logit'] as const) {
+        // Matrices of 384 x 128 and more, and 160-key caches: both are past the split sizes.
+        const model = tinyModel({ sink_mode: mode, sink_token_id: mode === 'token' ? 1 : null, num_hidden_layers: 2, num_attention_heads: 4, hidden_size: 128, intermediate_size: 512, vocab_size: 200, max_position_embeddings: 256 });
+        const ids = Array.from({ length: 220 }, (_, i) => (i * 37 + 11) % 200);
+        const run = (threads: 1 | 2, make: () => SinkCache | DenseCache) => {
+          mem.setThreads(threads);
+          expect(mem.threads).toBe(threads);
+          const host = new HostStep(model);
+          const cache = make();
+          const out = [host.step(ids.slice(0, 16), cache), ...ids.slice(16).map((t) => host.step([t], cache))];
+          cache.dispose();
+          host.dispose();
+          return out;
+        };
+        for (const make of [() => new SinkCache(4, 156, shapeOf(model)), () => new DenseCache(shapeOf(model))]) {
+          const one = run(1, make);
+          const two = run(2, make);
+          for (let i = 0; i < one.length; i++) expect(Array.from(two[i]!), `${mode} step ${i}`).toEqual(Array.from(one[i]!));
+        }
+        model.dispose();
+      }
+    } finally {
+      mem.closeHelper();
+    }
+  });
+
+  it('SINKLM_HOST_THREADS: 1 or 2, anything else one line naming it', () => {
+    const saved = process.env.SINKLM_HOST_THREADS;
+    try {
+      process.env.SINKLM_HOST_THREADS = '3';
+      expect(() => hostThreads()).toThrow(/SINKLM_HOST_THREADS|must be 1 or 2/);
+      process.env.SINKLM_HOST_THREADS = '1';
+      expect(hostThreads()).toBe(1);
+    } finally {
+      if (saved === undefined) delete process.env.SINKLM_HOST_THREADS;
+      else process.env.SINKLM_HOST_THREADS = saved;
+    }
   });
 });
 

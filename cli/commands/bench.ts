@@ -222,16 +222,16 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
           const note = busyNote(m.loadavg, m.threads);
           const settings = { tokens: args.tokens, recompute_tokens: args['recompute-tokens'], warmup: args.warmup, sinks: args.sinks, long_cache: long.length ? args['long-cache'] : undefined, long_window: long.length ? args['long-window'] : undefined };
           if (args.json) {
-            return printJson({ backend: m.backend, threads: m.threads, model: modelInfo, settings, rows, ratios, long: longRows, loadavg: m.loadavg, loadavg_start: loadStart, ...(note ? { note } : {}) });
+            return printJson({ backend: m.backend, threads: m.threads, host_threads: m.host_threads, model: modelInfo, settings, rows, ratios, long: longRows, loadavg: m.loadavg, loadavg_start: loadStart, ...(note ? { note } : {}) });
           }
-          const out = [`sinklm bench decode  [backend ${m.backend}, ${m.threads} threads, load average ${m.loadavg.toFixed(2)}]  model: ${source}, ${(params / 1e6).toFixed(2)}M params`];
+          const out = [`sinklm bench decode  [backend ${m.backend}, ${m.threads} threads, host step on ${m.host_threads}, load average ${m.loadavg.toFixed(2)}]  model: ${source}, ${(params / 1e6).toFixed(2)}M params`];
           if (rows.length) {
             out.push(`policy     cache  step    ms/token  median  backend kernels/token  kv   rss MB  tensor MB  read bound  x bound   (timed tokens: ${args.tokens}, recompute ${args['recompute-tokens']}, after ${args.warmup} warmup)`);
             for (const r of rows) {
               out.push(`${r.policy.padEnd(9)} ${String(r.cache).padStart(6)}  ${r.decode.padEnd(6)} ${r.ms_per_token.toFixed(2).padStart(9)} ${r.ms_median.toFixed(2).padStart(7)} ${String(r.ops_per_token).padStart(22)} ${String(r.kv_tokens).padStart(5)} ${r.rss_mb.toFixed(0).padStart(7)} ${r.tensor_mb.toFixed(1).padStart(9)} ${r.read_bound_ms.toFixed(3).padStart(8)} ms ${r.over_bound.toFixed(1).padStart(7)}x`);
             }
             out.push(`read bound: the time to read once the bytes a token must touch (weights + every layer's keys and values at that cache), measured here; x bound: the median over it`);
-            out.push(`step: where the cached one-token step ran (host: typed arrays + SIMD WebAssembly, no backend kernels; tensor: backend kernels; SINKLM_DECODE=host|tensor)`);
+            out.push(`step: where the cached one-token step ran (host: typed arrays + SIMD WebAssembly, no backend kernels, its larger matrices and attention split between SINKLM_HOST_THREADS threads; tensor: backend kernels; SINKLM_DECODE=host|tensor)`);
             for (const q of ratios) out.push(`recompute / sinks at ${q.cache}: ${q.recompute_over_sinks.toFixed(1)}x (medians; means ${q.recompute_over_sinks_mean.toFixed(1)}x); the paper: 22.2x at 4096 for Llama-2-13B`);
           }
           if (longRows.length) {
