@@ -106,9 +106,9 @@ describe('the host step on two threads', () => {
     const mem = hostMemory();
     try {
       for (const mode of ['none', 'token', 'softmax1', 'logit'] as const) {
-        // Matrices of 384 x 128 and more, and 160-key caches: both are past the split sizes.
-        const model = tinyModel({ sink_mode: mode, sink_token_id: mode === 'token' ? 1 : null, num_hidden_layers: 2, num_attention_heads: 4, hidden_size: 128, intermediate_size: 512, vocab_size: 200, max_position_embeddings: 256 });
-        const ids = Array.from({ length: 220 }, (_, i) => (i * 37 + 11) % 200);
+        // Matrices of 384 x 128 and more, and caches of 4+516 keys: both past the split sizes.
+        const model = tinyModel({ sink_mode: mode, sink_token_id: mode === 'token' ? 1 : null, num_hidden_layers: 2, num_attention_heads: 4, hidden_size: 128, intermediate_size: 512, vocab_size: 200, max_position_embeddings: 640 });
+        const ids = Array.from({ length: 600 }, (_, i) => (i * 37 + 11) % 200);
         const run = (threads: 1 | 2, make: () => SinkCache | DenseCache) => {
           mem.setThreads(threads);
           expect(mem.threads).toBe(threads);
@@ -119,7 +119,7 @@ describe('the host step on two threads', () => {
           host.dispose();
           return out;
         };
-        for (const make of [() => new SinkCache(4, 156, shapeOf(model)), () => new DenseCache(shapeOf(model))]) {
+        for (const make of [() => new SinkCache(4, 516, shapeOf(model)), () => new DenseCache(shapeOf(model))]) {
           const one = run(1, make);
           const two = run(2, make);
           for (let i = 0; i < one.length; i++) expect(Array.from(two[i]!), `${mode} step ${i}`).toEqual(Array.from(one[i]!));
