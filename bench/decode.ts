@@ -254,6 +254,8 @@ export interface LongRow {
   interrupted?: true;
   /** Mean ms per token over the last `window_tokens` tokens before this milestone. */
   ms_per_token: number;
+  /** Median ms per token over the same window: the typical token, untouched by the odd pause. */
+  ms_median: number;
   window_tokens: number;
   rss_mb: number;
   num_tensors: number;
@@ -301,11 +303,12 @@ export async function benchLong(model: GPTNeoX, o: LongOptions): Promise<LongRow
   let lastLog = performance.now();
   const row = (t: number): LongRow => {
     const n = Math.min(win, t);
-    let sum = 0;
-    for (let i = 0; i < n; i++) sum += recent[(t - i) % win]!;
+    const last: number[] = [];
+    for (let i = 0; i < n; i++) last.push(recent[(t - i) % win]!);
     const r = {
       tokens: t,
-      ms_per_token: sum / n,
+      ms_per_token: last.reduce((a, b) => a + b, 0) / n,
+      ms_median: median(last),
       window_tokens: n,
       rss_mb: rssMb(),
       num_tensors: tf.memory().numTensors,
@@ -313,7 +316,7 @@ export async function benchLong(model: GPTNeoX, o: LongOptions): Promise<LongRow
       host_mb: hostMemory().used / 2 ** 20,
       decode: policy.decode,
     };
-    log(`bench decode --long: ${t} tokens  ${r.ms_per_token.toFixed(2)} ms/token (last ${n})  rss ${r.rss_mb.toFixed(0)} MB  tensors ${r.num_tensors}  host ${r.host_mb.toFixed(1)} MB [${r.decode} step]`);
+    log(`bench decode --long: ${t} tokens  ${r.ms_per_token.toFixed(2)} ms/token (median ${r.ms_median.toFixed(2)}, last ${n})  rss ${r.rss_mb.toFixed(0)} MB  tensors ${r.num_tensors}  host ${r.host_mb.toFixed(1)} MB [${r.decode} step]`);
     return r;
   };
   try {
@@ -348,6 +351,36 @@ export async function benchLong(model: GPTNeoX, o: LongOptions): Promise<LongRow
     policy.dispose();
   }
   return out;
+}
+
+/** How much a long stream's figures moved between its milestones. */
+export interface LongDrift {
+  /** From the first milestone to the last. */
+  from_tokens: number;
+  to_tokens: number;
+  /** (max - min) / min over the milestones of the median ms per token, of the mean, of RSS. */
+  ms_median: number;
+  ms_mean: number;
+  rss: number;
+  /** Whether the live tensor count and host memory were the same at every milestone. */
+  tensors_flat: boolean;
+  host_flat: boolean;
+}
+
+/** The spread of a long stream's milestones (null with fewer than two). */
+export function longDrift(rows: LongRow[]): LongDrift | null {
+  const r = rows.filter((x) => !x.interrupted);
+  if (r.length < 2) return null;
+  const spread = (v: number[]) => (Math.max(...v) - Math.min(...v)) / Math.min(...v);
+  return {
+    from_tokens: r[0]!.tokens,
+    to_tokens: r.at(-1)!.tokens,
+    ms_median: spread(r.map((x) => x.ms_median)),
+    ms_mean: spread(r.map((x) => x.ms_per_token)),
+    rss: spread(r.map((x) => x.rss_mb)),
+    tensors_flat: r.every((x) => x.num_tensors === r[0]!.num_tensors),
+    host_flat: r.every((x) => x.host_mb === r[0]!.host_mb),
+  };
 }
 
 /** The figures' context: backend and how busy the machine was. */

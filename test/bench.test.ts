@@ -3,7 +3,7 @@
  * the benches leave no tensors behind. Not a timing test: the numbers are not judged.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { benchDecode, benchLong } from '../bench/decode.js';
+import { benchDecode, benchLong, longDrift, type LongRow } from '../bench/decode.js';
 import { measureMatmulPeak } from '../bench/peak.js';
 import { benchTrain, modelFlopsPerToken } from '../bench/train.js';
 import type { NeoXConfig } from '../model/config.js';
@@ -107,6 +107,7 @@ describe('bench', () => {
     expect(long.map((l) => l.tokens)).toEqual([20, 40]);
     for (const l of long) {
       expect(l.ms_per_token).toBeGreaterThan(0);
+      expect(l.ms_median).toBeGreaterThan(0);
       expect(l.window_tokens).toBe(5);
       expect(l.rss_mb).toBeGreaterThan(0);
     }
@@ -121,5 +122,28 @@ describe('bench', () => {
     model.dispose();
     // Caches, batches and profiles all freed (the model's own causal masks go with it).
     expect(numTensors() - base).toBe(residue);
+  });
+});
+
+describe('longDrift', () => {
+  const row = (tokens: number, ms_median: number, ms_per_token: number, rss_mb: number, extra: Partial<LongRow> = {}): LongRow => ({
+    tokens, ms_median, ms_per_token, rss_mb, window_tokens: 10, num_tensors: 81, tensor_mb: 8, host_mb: 8, decode: 'host', ...extra,
+  });
+
+  it('is the (max - min) / min spread of each figure over the milestones, stopped rows left out', () => {
+    const d = longDrift([row(10, 0.4, 0.5, 500), row(100, 0.44, 0.45, 520), row(1000, 0.42, 0.6, 510), row(1500, 9, 9, 900, { interrupted: true })])!;
+    expect(d.from_tokens).toBe(10);
+    expect(d.to_tokens).toBe(1000);
+    expect(d.ms_median).toBeCloseTo(0.04 / 0.4, 12);
+    expect(d.ms_mean).toBeCloseTo(0.15 / 0.45, 12);
+    expect(d.rss).toBeCloseTo(20 / 500, 12);
+    expect(d.tensors_flat).toBe(true);
+    expect(d.host_flat).toBe(true);
+  });
+
+  it('says when the tensor count or host memory moved, and needs two milestones', () => {
+    const d = longDrift([row(10, 1, 1, 1), row(20, 1, 1, 1, { num_tensors: 82, host_mb: 9 })])!;
+    expect([d.tensors_flat, d.host_flat]).toEqual([false, false]);
+    expect(longDrift([row(10, 1, 1, 1)])).toBeNull();
   });
 });

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Argv, CommandModule } from 'yargs';
-import { benchDecode, benchLong, cacheSpecFor, machine } from '../../bench/decode.js';
+import { benchDecode, benchLong, cacheSpecFor, longDrift, machine } from '../../bench/decode.js';
 import { benchModelConfig, benchTrain, type TrainBenchResult } from '../../bench/train.js';
 import { benchPythia, formatPythiaBench } from '../../bench/pythia.js';
 import { initBackend } from '../../core/backend.js';
@@ -220,9 +220,10 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
           }
           const m = machine();
           const note = busyNote(m.loadavg, m.threads);
+          const drift = longDrift(longRows);
           const settings = { tokens: args.tokens, recompute_tokens: args['recompute-tokens'], warmup: args.warmup, sinks: args.sinks, long_cache: long.length ? args['long-cache'] : undefined, long_window: long.length ? args['long-window'] : undefined };
           if (args.json) {
-            return printJson({ backend: m.backend, threads: m.threads, host_threads: m.host_threads, model: modelInfo, settings, rows, ratios, long: longRows, loadavg: m.loadavg, loadavg_start: loadStart, ...(note ? { note } : {}) });
+            return printJson({ backend: m.backend, threads: m.threads, host_threads: m.host_threads, model: modelInfo, settings, rows, ratios, long: longRows, ...(drift ? { long_drift: drift } : {}), loadavg: m.loadavg, loadavg_start: loadStart, ...(note ? { note } : {}) });
           }
           const out = [`sinklm bench decode  [backend ${m.backend}, ${m.threads} threads, host step on ${m.host_threads}, load average ${m.loadavg.toFixed(2)}]  model: ${source}, ${(params / 1e6).toFixed(2)}M params`];
           if (rows.length) {
@@ -235,10 +236,14 @@ const decodeSub: CommandModule<GlobalArgs, DecodeArgs> = {
             for (const q of ratios) out.push(`recompute / sinks at ${q.cache}: ${q.recompute_over_sinks.toFixed(1)}x (medians; means ${q.recompute_over_sinks_mean.toFixed(1)}x); the paper: 22.2x at 4096 for Llama-2-13B`);
           }
           if (longRows.length) {
-            out.push(`long stream through sinks at ${args['long-cache']} keys (ms/token = mean of the last ${args['long-window']} tokens)`);
-            out.push(`   tokens  ms/token  rss MB  tensors  host MB  step`);
+            out.push(`long stream through sinks at ${args['long-cache']} keys (ms/token: mean and median of the last ${args['long-window']} tokens)`);
+            out.push(`   tokens  ms/token  median  rss MB  tensors  host MB  step`);
             for (const l of longRows) {
-              out.push(`${String(l.tokens).padStart(9)} ${l.ms_per_token.toFixed(2).padStart(9)} ${l.rss_mb.toFixed(0).padStart(7)} ${String(l.num_tensors).padStart(8)} ${l.host_mb.toFixed(1).padStart(8)}  ${l.decode}${l.interrupted ? '  (interrupted here)' : ''}`);
+              out.push(`${String(l.tokens).padStart(9)} ${l.ms_per_token.toFixed(2).padStart(9)} ${l.ms_median.toFixed(2).padStart(7)} ${l.rss_mb.toFixed(0).padStart(7)} ${String(l.num_tensors).padStart(8)} ${l.host_mb.toFixed(1).padStart(8)}  ${l.decode}${l.interrupted ? '  (interrupted here)' : ''}`);
+            }
+            if (drift) {
+              const pc = (x: number) => `${(100 * x).toFixed(1)}%`;
+              out.push(`drift ${drift.from_tokens} -> ${drift.to_tokens} tokens ((max - min) / min): median ms/token ${pc(drift.ms_median)}, mean ${pc(drift.ms_mean)}, RSS ${pc(drift.rss)}; tensors ${drift.tensors_flat ? 'flat' : 'CHANGED'}, host memory ${drift.host_flat ? 'flat' : 'CHANGED'}`);
             }
           }
           if (note) out.push(note);
