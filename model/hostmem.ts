@@ -51,6 +51,7 @@ interface Kernels {
   matrows(x: number, rows: number, w: number, b: number, bias: number, y: number, n: number, m: number): void;
   wsum(p: number, v: number, stride: number, out: number, n: number, m: number): void;
   softmax(s: number, bias: number, m: number, extra: number): void;
+  gelu(p: number, n: number, tanh: number): void;
 }
 
 /**
@@ -220,6 +221,14 @@ export class HostMemory implements KernelCalls {
    */
   softmax(s: number, bias: number, m: number, extra: number): void {
     this.kernels.softmax(s, bias, m, extra);
+  }
+
+  /**
+   * The MLP's activation over the n floats at p, in place: exact GELU, x/2 (1 + erf(x/sqrt 2))
+   * (erf to ~1.2e-7 relative, float32), or with `tanh` its tanh approximation (gelu_new).
+   */
+  gelu(p: number, n: number, tanh: boolean): void {
+    this.kernels.gelu(p, n, tanh ? 1 : 0);
   }
 }
 

@@ -83,33 +83,6 @@ function affine(xhat: Float32Array, w: Float32Array, b: Float32Array, D: number,
   for (let i = 0; i < xhat.length; i++) out[i] = xhat[i]! * w[i % D]! + b[i % D]!;
 }
 
-/** erf to ~1.2e-7 relative error (Numerical Recipes' erfc Chebyshev fit); JS has no Math.erf. */
-export function erf(x: number): number {
-  const z = Math.abs(x);
-  const t = 1 / (1 + 0.5 * z);
-  const r =
-    t *
-    Math.exp(
-      -z * z -
-        1.26551223 +
-        t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
-    );
-  return x >= 0 ? 1 - r : r - 1;
-}
-
-function geluInPlace(h: Float32Array, kind: NeoXConfig['hidden_act']): void {
-  if (kind === 'gelu') {
-    for (let i = 0; i < h.length; i++) h[i] = 0.5 * h[i]! * (1 + erf(h[i]! * Math.SQRT1_2));
-  } else {
-    const c = Math.sqrt(2 / Math.PI);
-    for (let i = 0; i < h.length; i++) {
-      const x = h[i]!;
-      h[i] = 0.5 * x * (1 + Math.tanh(c * (x + 0.044715 * x * x * x)));
-    }
-  }
-}
-
-
 export class HostStep {
   readonly config: NeoXConfig;
   /** The model's weightsVersion these weights were copied at. */
@@ -273,7 +246,7 @@ export class HostStep {
       this.linear(lw.dense, at.ctx, at.attn, rows);
       affine(xhat, lw.ln2w, lw.ln2b, D, mem.f32(at.a, rows * D));
       this.linear(lw.up, at.a, at.up, rows);
-      geluInPlace(mem.f32(at.up, rows * F), c.hidden_act);
+      mem.gelu(at.up, rows * F, c.hidden_act === 'gelu_new');
       this.linear(lw.down, at.up, at.mlp, rows);
       const attn = mem.f32(at.attn, rows * D);
       const mlp = mem.f32(at.mlp, rows * D);

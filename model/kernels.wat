@@ -374,4 +374,60 @@
         (f32.mul (f32.load (i32.add (local.get $s) (local.get $i))) (f32x4.extract_lane 0 (local.get $inv))))
       (local.set $i (i32.add (local.get $i) (i32.const 4)))
       (br $l5))))
+
+  ;; GELU of four lanes. $tanh 0: the exact x/2 (1 + erf(x/sqrt2)), with erfc(z) = t
+  ;; exp(-z^2 + P(t)), t = 1/(1 + z/2) (Numerical Recipes' Chebyshev fit, 1.2e-7 relative),
+  ;; and 1 + erf(u) taken as 2 - erfc(|u|) or erfc(|u|) by the sign of x (no cancellation in
+  ;; the negative tail). $tanh 1: x/2 (1 + tanh(v)) = x / (1 + exp(-2v)), v = sqrt(2/pi)
+  ;; (x + 0.044715 x^3).
+  (func $gelu4 (param $x v128) (param $tanh i32) (result v128)
+    (local $z v128) (local $t v128) (local $p v128) (local $r v128)
+    (if (result v128) (local.get $tanh)
+      (then
+        (local.set $p (f32x4.mul (local.get $x)
+          (f32x4.add (v128.const f32x4 -1.5957691216057308 -1.5957691216057308 -1.5957691216057308 -1.5957691216057308)
+                     (f32x4.mul (v128.const f32x4 -0.0713548162726009 -0.0713548162726009 -0.0713548162726009 -0.0713548162726009)
+                                (f32x4.mul (local.get $x) (local.get $x))))))
+        (f32x4.div (local.get $x) (f32x4.add (v128.const f32x4 1 1 1 1) (call $exp4 (local.get $p)))))
+      (else
+        (local.set $z (f32x4.abs (f32x4.mul (local.get $x)
+          (v128.const f32x4 0.7071067811865476 0.7071067811865476 0.7071067811865476 0.7071067811865476))))
+        (local.set $t (f32x4.div (v128.const f32x4 1 1 1 1)
+          (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (local.get $z) (v128.const f32x4 0.5 0.5 0.5 0.5)))))
+        (local.set $p (v128.const f32x4 0.17087277 0.17087277 0.17087277 0.17087277))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 -0.82215223 -0.82215223 -0.82215223 -0.82215223)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 1.48851587 1.48851587 1.48851587 1.48851587)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 -1.13520398 -1.13520398 -1.13520398 -1.13520398)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 0.27886807 0.27886807 0.27886807 0.27886807)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 -0.18628806 -0.18628806 -0.18628806 -0.18628806)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 0.09678418 0.09678418 0.09678418 0.09678418)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 0.37409196 0.37409196 0.37409196 0.37409196)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 1.00002368 1.00002368 1.00002368 1.00002368)))
+        (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $t)) (v128.const f32x4 -1.26551223 -1.26551223 -1.26551223 -1.26551223)))
+        ;; r = erfc(|u|); 1 + erf(u) = 2 - r for x >= 0, r below.
+        (local.set $r (f32x4.mul (local.get $t)
+          (call $exp4 (f32x4.sub (local.get $p) (f32x4.mul (local.get $z) (local.get $z))))))
+        (f32x4.mul (f32x4.mul (local.get $x) (v128.const f32x4 0.5 0.5 0.5 0.5))
+          (v128.bitselect (f32x4.sub (v128.const f32x4 2 2 2 2) (local.get $r)) (local.get $r)
+                          (f32x4.ge (local.get $x) (v128.const f32x4 0 0 0 0)))))))
+
+  ;; The MLP's activation over n floats at p, in place ($tanh as in $gelu4); a tail of
+  ;; fewer than four goes through one lane, the same value a full vector gives.
+  (func (export "gelu") (param $p i32) (param $n i32) (param $tanh i32)
+    (local $i i32) (local $end4 i32) (local $end i32)
+    (local.set $end4 (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (local.get $end4)))
+      (v128.store (i32.add (local.get $p) (local.get $i))
+        (call $gelu4 (v128.load (i32.add (local.get $p) (local.get $i))) (local.get $tanh)))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l)))
+    (block $d1 (loop $l1
+      (br_if $d1 (i32.ge_u (local.get $i) (local.get $end)))
+      (f32.store (i32.add (local.get $p) (local.get $i))
+        (f32x4.extract_lane 0
+          (call $gelu4 (f32x4.splat (f32.load (i32.add (local.get $p) (local.get $i)))) (local.get $tanh))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l1))))
 )
