@@ -9,6 +9,7 @@ import { SINK_MODES } from '../core/config.js';
 import { hostMemory } from '../model/hostmem.js';
 import { loadModel } from '../model/checkpoint.js';
 import { nllOf } from '../infer/stream.js';
+import { textStream, type LoadedCheckpoint } from '../infer/text.js';
 import { eachDecodePath, maxAbsDiff, numTensors, testBackend, tinyModel } from './helpers.js';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
@@ -163,5 +164,36 @@ describe('cache strings and sizes', () => {
   it('rejects S+W beyond the model positions and W = 0', () => {
     expect(() => checkCache(parseCache('4+100'), 'sinks', 64)).toThrow(/max_position_embeddings/);
     expect(() => checkCache(parseCache('4+0'), 'sinks', 64)).toThrow(UserError);
+  });
+});
+
+describe('textStream', () => {
+  it('encodes a text once per tokenizer (later calls reuse the ids), again for a new text, and each stream is its own array', () => {
+    let calls = 0;
+    const tokenizer = {
+      encode: (t: string) => (calls++, Array.from(t, (ch) => ch.charCodeAt(0) % 50)),
+      decode: () => '',
+      vocabSize: 50,
+      sinkTokenId: 50,
+      eosTokenId: null,
+      path: '',
+    };
+    const model = tinyModel({ sink_mode: 'token', vocab_size: 51, sink_token_id: 50 });
+    const ck = { dir: '', model, tokenizer } as unknown as LoadedCheckpoint;
+    const text = 'the state of the union';
+    const a = textStream(ck, text);
+    const b = textStream(ck, text, 5);
+    expect(calls).toBe(1);
+    expect(a.tokens).toEqual([50, ...Array.from(text, (ch) => ch.charCodeAt(0) % 50)]);
+    expect(b.tokens).toEqual(a.tokens.slice(0, 6));
+    a.tokens[1] = 0; // a caller's stream is its own: the next one is unchanged
+    expect(textStream(ck, text).tokens[1]).toBe(text.charCodeAt(0) % 50);
+    expect(calls).toBe(1);
+    textStream(ck, text + '.');
+    expect(calls).toBe(2);
+    // Another tokenizer (another checkpoint) encodes for itself.
+    textStream({ ...ck, tokenizer: { ...tokenizer } } as LoadedCheckpoint, text + '.');
+    expect(calls).toBe(3);
+    model.dispose();
   });
 });
