@@ -173,10 +173,7 @@ class RecomputePolicy implements StreamPolicy {
     }
     const ids = [...this.first, ...this.recent.slice(-this.spec.window)];
     this.last = ids.length;
-    return tf.tidy(() => {
-      const logits = this.model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'));
-      return tf.slice(logits, [ids.length - 1, 0], [1, -1]);
-    });
+    return tf.tidy(() => this.model.forwardLast(tf.tensor2d(ids, [1, ids.length], 'int32')));
   }
   get kvTokens(): number {
     return this.last;

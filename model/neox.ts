@@ -84,6 +84,19 @@ export class GPTNeoX {
    * softmax1 and logit a row sums to less than 1, the rest went to the implicit sink.
    */
   forward(ids: tf.Tensor2D, onAttention?: AttentionProbe): tf.Tensor2D {
+    return this.full(ids, false, onAttention);
+  }
+
+  /**
+   * Full causal forward for the next token only: ids [B, T] -> the logits of each
+   * sequence's last position [B, V], equal to forward's rows T-1, 2T-1, ... The head's
+   * product runs over B rows, not B*T (recompute's whole cost at small T).
+   */
+  forwardLast(ids: tf.Tensor2D): tf.Tensor2D {
+    return this.full(ids, true);
+  }
+
+  private full(ids: tf.Tensor2D, lastOnly: boolean, onAttention?: AttentionProbe): tf.Tensor2D {
     const [B, T] = ids.shape;
     if (T > this.config.max_position_embeddings) {
       throw new Error(`sequence of ${T} tokens exceeds max_position_embeddings ${this.config.max_position_embeddings}`);
@@ -97,7 +110,7 @@ export class GPTNeoX {
       bias: this.causalBias(T),
       onAttention,
     };
-    return this.run(tf.reshape(ids, [B * T]) as tf.Tensor1D, B, T, geo);
+    return this.run(tf.reshape(ids, [B * T]) as tf.Tensor1D, B, T, geo, undefined, lastOnly);
   }
 
   /**
@@ -144,8 +157,11 @@ export class GPTNeoX {
     return m;
   }
 
-  /** The transformer over B sequences of n tokens (flattened ids [B*n]) -> logits [B*n, V]. */
-  private run(ids: tf.Tensor1D, B: number, n: number, geo: Geometry, cache?: KVCache): tf.Tensor2D {
+  /**
+   * The transformer over B sequences of n tokens (flattened ids [B*n]) -> logits [B*n, V],
+   * or with `lastOnly` those of each sequence's last token [B, V].
+   */
+  private run(ids: tf.Tensor1D, B: number, n: number, geo: Geometry, cache?: KVCache, lastOnly = false): tf.Tensor2D {
     const c = this.config;
     let x = this.rows(this.p<tf.Rank.R2>('gpt_neox.embed_in.weight'), ids);
     for (let i = 0; i < c.num_hidden_layers; i++) {
@@ -162,6 +178,10 @@ export class GPTNeoX {
       const attn = this.attention(ln1, i, B, n, geo, cache);
       const mlp = this.mlp(ln2, pre);
       x = tf.add(tf.add(x, attn), mlp);
+    }
+    if (lastOnly && n > 1) {
+      const D = c.hidden_size;
+      x = tf.reshape(tf.slice(tf.reshape(x, [B, n, D]), [0, n - 1, 0], [B, 1, D]), [B, D]);
     }
     const h = layerNorm(x, this.p('gpt_neox.final_layer_norm.weight'), this.p('gpt_neox.final_layer_norm.bias'), c.layer_norm_eps);
     return linear(h as tf.Tensor2D, this.p<tf.Rank.R2>('embed_out.weight'));

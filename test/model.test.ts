@@ -67,6 +67,30 @@ describe('incremental step over an external cache equals the full forward', () =
   }
 });
 
+describe('forwardLast: the next-token logits of a full forward', () => {
+  for (const mode of SINK_MODES) {
+    it(`${mode}: equals forward's last row of each sequence to 1e-5, [B, V]`, () => {
+      const model = tinyModel({ sink_mode: mode as SinkMode, sink_token_id: mode === 'token' ? 3 : null });
+      const ids = [[3, 14, 15, 9, 26, 5, 35], [3, 8, 9, 7, 9, 32, 2]];
+      const T = ids[0]!.length;
+      const V = model.config.vocab_size;
+      const input = tf.tensor2d(ids, [2, T], 'int32');
+      const all = model.forward(input);
+      const last = model.forwardLast(input);
+      expect(last.shape).toEqual([2, V]);
+      const a = all.dataSync();
+      const l = last.dataSync();
+      for (let b = 0; b < 2; b++) expect(maxAbsDiff(l.subarray(b * V, (b + 1) * V), a.subarray((b * T + T - 1) * V, (b * T + T) * V))).toBeLessThan(1e-5);
+      // One token: its only row.
+      const one = tf.tensor2d([[5]], [1, 1], 'int32');
+      const [f1, l1] = [model.forward(one), model.forwardLast(one)];
+      expect(maxAbsDiff(l1.dataSync(), f1.dataSync())).toBeLessThan(1e-6);
+      tf.dispose([input, all, last, one, f1, l1]);
+      model.dispose();
+    });
+  }
+});
+
 describe('gradients: autodiff agrees with finite differences', () => {
   for (const mode of SINK_MODES) {
     it(`${mode}`, () => {
