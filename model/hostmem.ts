@@ -52,6 +52,8 @@ interface Kernels {
   wsum(p: number, v: number, stride: number, out: number, n: number, m: number): void;
   softmax(s: number, bias: number, m: number, extra: number): void;
   gelu(p: number, n: number, tanh: number): void;
+  maxf(p: number, n: number): number;
+  sumexp(p: number, n: number, mx: number): number;
 }
 
 /**
@@ -229,6 +231,16 @@ export class HostMemory implements KernelCalls {
    */
   gelu(p: number, n: number, tanh: boolean): void {
     this.kernels.gelu(p, n, tanh ? 1 : 0);
+  }
+
+  /**
+   * log sum_j exp(x[j]) over the n floats at p (n >= 1): the max, then the exps of the
+   * differences (SIMD float32 exp, within 2 ulp) summed in float64. Reads only.
+   */
+  logSumExp(p: number, n: number): number {
+    const mx = this.kernels.maxf(p, n);
+    if (!Number.isFinite(mx)) return mx;
+    return mx + Math.log(this.kernels.sumexp(p, n, mx));
   }
 }
 

@@ -430,4 +430,52 @@
           (call $gelu4 (f32x4.splat (f32.load (i32.add (local.get $p) (local.get $i)))) (local.get $tanh))))
       (local.set $i (i32.add (local.get $i) (i32.const 4)))
       (br $l1))))
+
+  ;; The largest of the n floats at p (n >= 1).
+  (func (export "maxf") (param $p i32) (param $n i32) (result f32)
+    (local $i i32) (local $end4 i32) (local $end i32) (local $mx v128) (local $m f32)
+    (local.set $end4 (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $mx (f32x4.splat (f32.load (local.get $p))))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (local.get $end4)))
+      (local.set $mx (f32x4.max (local.get $mx) (v128.load (i32.add (local.get $p) (local.get $i)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l)))
+    (local.set $m
+      (f32.max (f32.max (f32x4.extract_lane 0 (local.get $mx)) (f32x4.extract_lane 1 (local.get $mx)))
+               (f32.max (f32x4.extract_lane 2 (local.get $mx)) (f32x4.extract_lane 3 (local.get $mx)))))
+    (block $d1 (loop $l1
+      (br_if $d1 (i32.ge_u (local.get $i) (local.get $end)))
+      (local.set $m (f32.max (local.get $m) (f32.load (i32.add (local.get $p) (local.get $i)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l1)))
+    (local.get $m))
+
+  ;; sum over the n floats at p of exp(p[j] - mx), each exp as $exp4 gives it, summed in
+  ;; float64 (two f64x2 accumulators, as the softmax sums). Read only.
+  (func (export "sumexp") (param $p i32) (param $n i32) (param $mx f32) (result f64)
+    (local $i i32) (local $end4 i32) (local $end i32) (local $v v128) (local $m v128)
+    (local $lo v128) (local $hi v128) (local $sum f64)
+    (local.set $end4 (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $m (f32x4.splat (local.get $mx)))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (local.get $end4)))
+      (local.set $v (call $exp4 (f32x4.sub (v128.load (i32.add (local.get $p) (local.get $i))) (local.get $m))))
+      (local.set $lo (f64x2.add (local.get $lo) (f64x2.promote_low_f32x4 (local.get $v))))
+      (local.set $hi (f64x2.add (local.get $hi)
+        (f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $v) (local.get $v)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l)))
+    (local.set $sum
+      (f64.add (f64.add (f64x2.extract_lane 0 (local.get $lo)) (f64x2.extract_lane 1 (local.get $lo)))
+               (f64.add (f64x2.extract_lane 0 (local.get $hi)) (f64x2.extract_lane 1 (local.get $hi)))))
+    (block $d1 (loop $l1
+      (br_if $d1 (i32.ge_u (local.get $i) (local.get $end)))
+      (local.set $sum (f64.add (local.get $sum)
+        (f64.promote_f32 (call $exp1 (f32.sub (f32.load (i32.add (local.get $p) (local.get $i))) (local.get $mx))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l1)))
+    (local.get $sum))
 )

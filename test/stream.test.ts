@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { SINK_MODES } from '../core/config.js';
 import { hostMemory } from '../model/hostmem.js';
 import { loadModel } from '../model/checkpoint.js';
-import { nllOf } from '../infer/stream.js';
+import { nllOf, NllScorer } from '../infer/stream.js';
 import { textStream, type LoadedCheckpoint } from '../infer/text.js';
 import { eachDecodePath, maxAbsDiff, numTensors, testBackend, tinyModel } from './helpers.js';
 
@@ -195,5 +195,27 @@ describe('textStream', () => {
     textStream({ ...ck, tokenizer: { ...tokenizer } } as LoadedCheckpoint, text + '.');
     expect(calls).toBe(3);
     model.dispose();
+  });
+});
+
+describe('NllScorer', () => {
+  it('equals nllOf (float64) to 1e-6 relative row by row, any V, large logits; gives its host memory back', () => {
+    const mem = hostMemory();
+    const before = mem.used;
+    let seed = 5;
+    const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+    const scorer = new NllScorer();
+    for (const [rows, V, scale] of [[1, 1, 1], [1, 7, 3], [4, 4096, 8], [3, 50277, 30], [2, 13, 80]] as const) {
+      const logits = Float32Array.from({ length: rows * V }, () => rnd() * scale);
+      const targets = Array.from({ length: rows }, (_, r) => (r * 7919) % V);
+      const out = new Float64Array(rows);
+      scorer.rows(logits, targets, out);
+      for (let r = 0; r < rows; r++) {
+        const ref = nllOf(logits.subarray(r * V, (r + 1) * V), targets[r]!);
+        expect(Math.abs(out[r]! - ref), `rows ${rows} V ${V} row ${r}`).toBeLessThanOrEqual(1e-6 * Math.max(1, Math.abs(ref)));
+      }
+    }
+    scorer.dispose();
+    expect(mem.used).toBe(before);
   });
 });
