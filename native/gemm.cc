@@ -1,7 +1,8 @@
 // SinklmMatMul: C = op(A) op(B) for the linear layers, on the micro-kernel of gemm.h and the
 // pool. The weight gradient dy^T x reads A by columns directly (six contiguous values per k);
 // a transposed B (x W^T with W stored [out, in], as PyTorch stores it) is first copied to
-// [K][N]: one pass over the weight, small next to the product.
+// [K][N]: one pass over the weight, small next to the product once x has more than a few
+// dozen rows; below that (decoding, next-token logits) dot products over W's rows instead.
 //
 // Work goes in blocks of 24 rows x 128 columns of C, each over K in slices of 256 so that the
 // slice of B a block reads (256 x 128 floats) stays in the core's L2 cache. Every block
@@ -15,6 +16,8 @@ namespace {
 constexpr int64_t kRowsPerUnit = 24;
 constexpr int64_t kColsPerUnit = 128;
 constexpr int64_t kKSlice = 256;
+// Up to this many rows, x W^T runs as dot products over W's rows (ProductRowsDot).
+constexpr int64_t kDotMaxRows = 32;
 
 template <bool TA>
 void Product(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
@@ -31,6 +34,44 @@ void Product(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const
     for (int64_t k0 = 0; k0 < K; k0 += kKSlice) {
       const int64_t k1 = std::min(K, k0 + kKSlice);
       for (int64_t j = j0; j < j1; j += kNR) Panel<TA>(i0, i1, j, std::min(kNR, j1 - j), k0, k1, A, lda, B, ldb, C, ldc, k0 > 0, bpad);
+    }
+  });
+}
+
+// Rows of A against rows of B, for x W^T with few rows of x: C[i][j] = A[i] . B[j], B
+// [N][K] read in place (no copy to [K][N], which for one row cost ten times the product: a
+// 2 MB copy of the head's weight per decoded token). Columns are split between the threads;
+// four rows of A share each read of B's row, each dot product summed in 8-float lanes over
+// k, then the lanes and the tail in one fixed order, so the bits do not depend on the thread.
+constexpr int64_t kDotRows = 4;
+constexpr int64_t kDotCols = 64;
+
+inline float Lanes(V8 v) {
+  float l[8];
+  std::memcpy(l, &v, sizeof l);
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+void ProductRowsDot(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C) {
+  const int64_t K8 = K / 8 * 8;
+  ParallelFor((N + kDotCols - 1) / kDotCols, [&](int64_t u) {
+    const int64_t j0 = u * kDotCols, j1 = std::min(N, j0 + kDotCols);
+    for (int64_t i0 = 0; i0 < M; i0 += kDotRows) {
+      const int64_t rows = std::min(kDotRows, M - i0);
+      for (int64_t j = j0; j < j1; j++) {
+        const float* b = B + j * K;
+        V8 acc[kDotRows] = {};
+        for (int64_t k = 0; k < K8; k += 8) {
+          const V8 bv = Load(b + k);
+          for (int64_t r = 0; r < rows; r++) acc[r] += Load(A + (i0 + r) * K + k) * bv;
+        }
+        for (int64_t r = 0; r < rows; r++) {
+          float s = Lanes(acc[r]);
+          const float* a = A + (i0 + r) * K;
+          for (int64_t k = K8; k < K; k++) s += a[k] * b[k];
+          C[(i0 + r) * N + j] = s;
+        }
+      }
     }
   });
 }
@@ -57,6 +98,8 @@ void MatMul(void* kernel, TF_OpKernelContext* context) {
   if (K != Kb) return (void)c.fail("SinklmMatMul: inner dimensions differ (" + std::to_string(K) + " and " + std::to_string(Kb) + ")");
   float* out = c.output(0, {M, N});
   if (!out) return;
+  // Few rows against a transposed B: dot products over B's rows in place beat copying B.
+  if (at.transpose_b && !at.transpose_a && M <= kDotMaxRows) return ProductRowsDot(M, N, K, a.data, b.data, out);
   std::vector<float> bt;
   const float* B = b.data;
   if (at.transpose_b) {

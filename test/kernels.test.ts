@@ -205,12 +205,18 @@ describe.each(BACKENDS)('on the %s backend, each fused operation equals its form
     for (const a of [y, ...g]) expect(Array.from(a.dataSync()).every(Number.isFinite)).toBe(true);
     tf.dispose([y, ...g, qkv, sink, t.cos, t.sin, t.rot]);
   });
-  // [M, K, N]: remainders of every tile (6 rows, 16 columns, 24 x 128 blocks, K slices of 256).
+  // [M, K, N]: remainders of every tile (6 rows, 16 columns, 24 x 128 blocks, K slices of 256);
+  // and x W^T with up to 32 rows, which runs as dot products over W's rows (4 rows at a
+  // time, 64 columns per thread's unit, 8-float lanes over k and a tail).
   for (const [M, K, N] of [
     [37, 24, 11],
     [1, 1, 1],
     [50, 600, 300],
     [7, 0, 5],
+    [5, 131, 70],
+    [32, 64, 129],
+    [33, 17, 9],
+    [1, 128, 4096],
   ] as const) {
     it(`matrix product of [${M}, ${K}] and [${K}, ${N}], each operand as given or transposed, against float64`, () => {
       const a = normal([M, K], 40 + M);
