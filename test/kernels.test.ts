@@ -16,6 +16,7 @@ import type { SinkMode } from '../core/config.js';
 import { causalAttention, geluExact, layerNormAffine, layerNormPair, linear, linearGelu, matMul2d, tokenNll } from '../model/fused.js';
 import { retainFreedMemory } from '../core/backend.js';
 import { kernelSource } from '../model/kernels/index.js';
+import { matMulTakesOwn, NATIVE } from '../model/kernels/native.js';
 import { applyRotary, attentionWeights, NEG_INF, rotaryTables } from '../model/ops.js';
 import type { ParamSpec } from '../model/params.js';
 import { AdamW } from '../train/optimizer.js';
@@ -73,6 +74,33 @@ describe('the op library loads where it was built', () => {
     for (const op of ['SinklmLayerNorm', 'SinklmLayerNorm2', 'SinklmBiasGelu', 'SinklmAttention']) expect(kernelSource(op), op).toBe(want);
     expect(kernelSource('SinklmXent')).toBe(info.kernels.in_use ? 'sinklm' : info.backend === 'tensorflow' ? 'tensorflow' : 'formula');
     if (info.backend === 'tensorflow') expect(kernelSource('SinklmMatMul')).toBe(info.kernels.in_use ? 'sinklm' : 'tensorflow');
+  });
+
+  it('SinklmMatMul: sinklm takes x W^T up to 32 rows, TensorFlow every other product; the op itself is right on every shape', () => {
+    expect([[1, false, true], [32, false, true], [33, false, true], [1, false, false], [1, true, true], [4096, false, true]].map(([m, a, b]) => matMulTakesOwn(m as number, a as boolean, b as boolean))).toEqual([
+      true, true, false, false, false, false,
+    ]);
+    if (!info.kernels.in_use) return;
+    // The op's general path (the micro-kernel, B copied to [K][N] when transposed), called
+    // directly: the kernel no longer routes these shapes to it.
+    const be = tf.backend() as unknown as { binding: never; executeMultipleOutputs(op: string, attrs: unknown[], ins: tf.Tensor[], n: number): tf.Tensor[] };
+    for (const [M, K, N] of [[37, 24, 11], [50, 600, 300], [5, 131, 70], [64, 128, 200]] as const) {
+      const a = normal([M, K], 60 + M);
+      const b = normal([K, N], 61 + N);
+      const av = a.dataSync();
+      const bv = b.dataSync();
+      const want = new Float64Array(M * N);
+      for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) want[i * N + j]! += av[i * K + k]! * bv[k * N + j]!;
+      const scale = Math.max(1, ...Array.from(want, Math.abs));
+      for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]] as const) {
+        const got = tf.tidy(() => {
+          const [y] = be.executeMultipleOutputs('SinklmMatMul', NATIVE.SinklmMatMul!.own!.attrs(be.binding, { transposeA: ta, transposeB: tb }), [(ta ? tf.transpose(a) : a) as tf.Tensor, (tb ? tf.transpose(b) : b) as tf.Tensor], 1);
+          return y!.dataSync();
+        });
+        expect(Math.max(0, ...Array.from(got, (g, i) => Math.abs(g - want[i]!))) / scale, `[${M}, ${K}, ${N}] transpose_a=${ta} transpose_b=${tb}`).toBeLessThan(1e-5);
+      }
+      tf.dispose([a, b]);
+    }
   });
 
   it('lets a training process keep freed memory for reuse (glibc), where it loaded', () => {

@@ -20,7 +20,14 @@ const registered = new Map<string, Map<string, KernelSource>>();
 function implementation(name: string, backend: string, library: string[]): { source: KernelSource; kernelFunc: tf.KernelFunc } {
   const nat = backend === NATIVE_BACKEND ? NATIVE[name] : undefined;
   const own = nat?.builtin ? nat.own : nat;
-  if (own && library.includes(own.op)) return { source: 'sinklm', kernelFunc: nativeKernelFunc(own) };
+  if (own && library.includes(own.op)) {
+    const mine = nativeKernelFunc(own);
+    if (!own.takes || !nat?.builtin) return { source: 'sinklm', kernelFunc: mine };
+    // Shared with a built-in: each call goes where it runs faster.
+    const theirs = nativeKernelFunc(nat);
+    const takes = own.takes;
+    return { source: 'sinklm', kernelFunc: (args) => (takes(args.inputs as Record<string, tf.TensorInfo>, args.attrs as Record<string, unknown>) ? mine(args) : theirs(args)) };
+  }
   if (nat?.builtin) return { source: 'tensorflow', kernelFunc: nativeKernelFunc(nat) };
   if (backend === NATIVE_BACKEND && name in COMPOSITES) return { source: 'tensorflow', kernelFunc: compositeKernelFunc(name) };
   const formula = FORMULAS[name]!;
