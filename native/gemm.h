@@ -1,6 +1,6 @@
 // Single-precision matrix products on one register-tiled micro-kernel, for the attention
-// kernels (small products per head, on the calling thread) and the SinklmMatMul op (the
-// linear layers, on the pool).
+// kernels (small products per head, on the calling thread) and the SinklmMatMul op (on the
+// pool).
 //
 // The micro-kernel computes a 6 x 16 block of C as a sum over k of outer products: one row
 // of B (16 floats, two 8-float vectors) times six values of A broadcast. Its 12 accumulators
