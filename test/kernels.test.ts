@@ -54,6 +54,32 @@ function expectClose(got: Float32Array[], want: Float32Array[], tol = 1e-5): voi
 
 const normal = (shape: number[], seed: number, scale = 1) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', seed), scale);
 
+/**
+ * A [M, K] x [K, N] product through `product` (given op(A), op(B) and the transpose flags),
+ * for each operand as given or transposed, against float64: max error over the largest
+ * |entry| (at least 1) below 1e-5.
+ */
+function checkProduct(M: number, K: number, N: number, seed: number, product: (a: tf.Tensor2D, b: tf.Tensor2D, ta: boolean, tb: boolean) => tf.Tensor): void {
+  const a = normal([M, K], seed + M) as tf.Tensor2D;
+  const b = normal([K, N], seed + 1 + N) as tf.Tensor2D;
+  const av = a.dataSync();
+  const bv = b.dataSync();
+  const want = new Float64Array(M * N);
+  for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) want[i * N + j]! += av[i * K + k]! * bv[k * N + j]!;
+  const scale = Math.max(1, ...Array.from(want, Math.abs));
+  for (const [ta, tb] of [
+    [false, false],
+    [false, true],
+    [true, false],
+    [true, true],
+  ] as const) {
+    const got = tf.tidy(() => product((ta ? tf.transpose(a) : a) as tf.Tensor2D, (tb ? tf.transpose(b) : b) as tf.Tensor2D, ta, tb).dataSync());
+    expect(got.length).toBe(M * N);
+    expect(Math.max(0, ...Array.from(got, (g, i) => Math.abs(g - want[i]!))) / scale, `[${M}, ${K}, ${N}] transpose_a=${ta} transpose_b=${tb}`).toBeLessThan(1e-5);
+  }
+  tf.dispose([a, b]);
+}
+
 describe('the op library loads where it was built', () => {
   it('is in use on native TensorFlow whenever sinklm_ops.node sits beside the addon (unless hidden)', () => {
     const hidden = !!process.env.SINKLM_NO_KERNELS && process.env.SINKLM_NO_KERNELS !== '0';
@@ -85,21 +111,10 @@ describe('the op library loads where it was built', () => {
     // directly: the kernel no longer routes these shapes to it.
     const be = tf.backend() as unknown as { binding: never; executeMultipleOutputs(op: string, attrs: unknown[], ins: tf.Tensor[], n: number): tf.Tensor[] };
     for (const [M, K, N] of [[37, 24, 11], [50, 600, 300], [5, 131, 70], [64, 128, 200]] as const) {
-      const a = normal([M, K], 60 + M);
-      const b = normal([K, N], 61 + N);
-      const av = a.dataSync();
-      const bv = b.dataSync();
-      const want = new Float64Array(M * N);
-      for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) want[i * N + j]! += av[i * K + k]! * bv[k * N + j]!;
-      const scale = Math.max(1, ...Array.from(want, Math.abs));
-      for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]] as const) {
-        const got = tf.tidy(() => {
-          const [y] = be.executeMultipleOutputs('SinklmMatMul', NATIVE.SinklmMatMul!.own!.attrs(be.binding, { transposeA: ta, transposeB: tb }), [(ta ? tf.transpose(a) : a) as tf.Tensor, (tb ? tf.transpose(b) : b) as tf.Tensor], 1);
-          return y!.dataSync();
-        });
-        expect(Math.max(0, ...Array.from(got, (g, i) => Math.abs(g - want[i]!))) / scale, `[${M}, ${K}, ${N}] transpose_a=${ta} transpose_b=${tb}`).toBeLessThan(1e-5);
-      }
-      tf.dispose([a, b]);
+      checkProduct(M, K, N, 60, (a, b, ta, tb) => {
+        const [y] = be.executeMultipleOutputs('SinklmMatMul', NATIVE.SinklmMatMul!.own!.attrs(be.binding, { transposeA: ta, transposeB: tb }), [a, b], 1);
+        return y!;
+      });
     }
   });
 
@@ -247,24 +262,7 @@ describe.each(BACKENDS)('on the %s backend, each fused operation equals its form
     [1, 128, 4096],
   ] as const) {
     it(`matrix product of [${M}, ${K}] and [${K}, ${N}], each operand as given or transposed, against float64`, () => {
-      const a = normal([M, K], 40 + M);
-      const b = normal([K, N], 41 + N);
-      const av = a.dataSync();
-      const bv = b.dataSync();
-      const want = new Float64Array(M * N);
-      for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) want[i * N + j]! += av[i * K + k]! * bv[k * N + j]!;
-      for (const [ta, tb] of [
-        [false, false],
-        [false, true],
-        [true, false],
-        [true, true],
-      ] as const) {
-        const got = tf.tidy(() => matMul2d((ta ? tf.transpose(a) : a) as tf.Tensor2D, (tb ? tf.transpose(b) : b) as tf.Tensor2D, ta, tb).dataSync());
-        expect(got.length).toBe(M * N);
-        const scale = Math.max(1, ...Array.from(want, Math.abs));
-        expect(Math.max(0, ...Array.from(got, (g, i) => Math.abs(g - want[i]!))) / scale, `transpose_a=${ta} transpose_b=${tb}`).toBeLessThan(1e-5);
-      }
-      tf.dispose([a, b]);
+      checkProduct(M, K, N, 40, (a, b, ta, tb) => matMul2d(a, b, ta, tb));
     });
   }
 
