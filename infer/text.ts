@@ -46,7 +46,7 @@ export function readText(file: string): string {
 const lastEncoded = new WeakMap<TextTokenizer, { text: string; ids: readonly number[] }>();
 
 /** tokenizer.encode(text), from the last call's result when the text is the same. */
-export function encodeOnce(tokenizer: TextTokenizer, text: string): readonly number[] {
+function encodeOnce(tokenizer: TextTokenizer, text: string): readonly number[] {
   const hit = lastEncoded.get(tokenizer);
   if (hit && hit.text === text) return hit.ids;
   const ids = tokenizer.encode(text);

@@ -1,10 +1,10 @@
-// SinklmMatMul: C = op(A) op(B), on the micro-kernel of gemm.h and the pool. The tfjs kernel
-// (model/kernels/native.ts) sends it only x W^T with few rows (ProductRowsDot below); every
-// larger product runs on TensorFlow's MatMul, which measured 1.3-1.6x faster on the training
-// shapes. The general path stays a correct product for any shape (tested directly). The weight gradient dy^T x reads A by columns directly (six contiguous values per k);
-// a transposed B (x W^T with W stored [out, in], as PyTorch stores it) is first copied to
-// [K][N]: one pass over the weight, small next to the product once x has more than a few
-// dozen rows; below that (decoding, next-token logits) dot products over W's rows instead.
+// SinklmMatMul: C = op(A) op(B), on the pool. The tfjs kernel (model/kernels/native.ts,
+// matMulTakesOwn) sends it only x W^T with at most kDotMaxRows rows, which runs as dot
+// products over W's rows in place (ProductRowsDot); every larger product goes to
+// TensorFlow's MatMul, which measured 1.3-1.6x faster on the training shapes. The general
+// path below stays a correct product for any shape (tested by calling the op directly): the
+// weight gradient dy^T x reads A by columns (six contiguous values per k), and a transposed
+// B (x W^T with W stored [out, in], as PyTorch stores it) is first copied to [K][N].
 //
 // Work goes in blocks of 24 rows x 128 columns of C, each over K in slices of 256 so that the
 // slice of B a block reads (256 x 128 floats) stays in the core's L2 cache. Every block
@@ -18,7 +18,8 @@ namespace {
 constexpr int64_t kRowsPerUnit = 24;
 constexpr int64_t kColsPerUnit = 128;
 constexpr int64_t kKSlice = 256;
-// Up to this many rows, x W^T runs as dot products over W's rows (ProductRowsDot).
+// Up to this many rows, x W^T runs as dot products over W's rows (ProductRowsDot); the same
+// bound as DOT_MAX_ROWS in model/kernels/native.ts, which routes those products here.
 constexpr int64_t kDotMaxRows = 32;
 
 template <bool TA>

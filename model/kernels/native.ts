@@ -59,6 +59,7 @@ const transposes = (b: Binding, k: Record<string, unknown>): Attr[] => [
  * step of the pythia-14m shape it gave 9,200-11,100 tokens/s against 6,800-7,900 with
  * SinklmMatMul's micro-kernel on every product (three alternating pairs, AMD EPYC, 2026-12-02).
  */
+/** Keep equal to kDotMaxRows in native/gemm.cc, where these products take the dot-product path. */
 export const DOT_MAX_ROWS = 32;
 export function matMulTakesOwn(rows: number, transposeA: boolean, transposeB: boolean): boolean {
   return transposeB && !transposeA && rows <= DOT_MAX_ROWS;
