@@ -1,8 +1,10 @@
 /**
- * Backend selection, in one place: native TensorFlow first (tfjs-node-gpu when the user
- * installed it, else tfjs-node), then wasm, then the pure-JS cpu backend. `--backend` or
- * SINKLM_BACKEND overrides; SINKLM_NO_NATIVE=1 hides native (to test the fallbacks). On
- * native, sinklm's own TensorFlow ops load too (SINKLM_NO_KERNELS=1 hides them).
+ * Backend selection, in one place: WebGPU on a hardware adapter first (core/webgpu.ts), then
+ * native TensorFlow (tfjs-node-gpu when the user installed it, else tfjs-node), then wasm,
+ * then the pure-JS cpu backend. `--backend` or SINKLM_BACKEND overrides (`webgpu` then takes
+ * a software adapter too: SwiftShader where there is no GPU); SINKLM_NO_NATIVE=1 and
+ * SINKLM_NO_WEBGPU=1 hide those (to test the fallbacks). On native, sinklm's own TensorFlow
+ * ops load too (SINKLM_NO_KERNELS=1 hides them).
  * Every figure sinklm reports carries `backendInfo().backend`.
  */
 import * as fs from 'node:fs';
@@ -11,8 +13,9 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
 import { UserError } from './errors.js';
+import { adapterLine, installNavigatorGpu, probeWebGPU, type AdapterInfo } from './webgpu.js';
 
-export const BACKENDS = ['tensorflow', 'wasm', 'cpu'] as const;
+export const BACKENDS = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
 export const NATIVE_HOWTO = 'npm run setup-native  (builds @tensorflow/tfjs-node against a TensorFlow C library; see README "Backends")';
@@ -22,7 +25,10 @@ export interface BackendInfo {
   /** Why this backend runs: requested, or why the ones before it were passed over. */
   reason: string;
   native: { available: boolean; package?: string; tensorflow?: string; error?: string; howto?: string };
+  /** Whether the backend runs on a GPU (tfjs-node-gpu, or WebGPU on a hardware adapter). */
   gpu: boolean;
+  /** The WebGPU adapter (when one was found) and why WebGPU does or does not run. */
+  webgpu: { available: boolean; adapter?: AdapterInfo; error?: string };
   /** sinklm's own TensorFlow ops (native/): whether they run, which, and why not. */
   kernels: KernelInfo;
   versions: Record<string, string>;
@@ -141,6 +147,27 @@ export function siftStartupLog(text: string, minLevel: number): string {
   return keep.length ? `${keep.join('\n')}\n` : '';
 }
 
+/**
+ * Runs `f` with fd 2 captured (where the capture module is built; else stderr stays as it
+ * is) and returns what was written meanwhile: Dawn prints its driver warnings there.
+ */
+async function captured<T>(f: () => Promise<T>): Promise<[T, string]> {
+  let cap: StderrCapture | undefined;
+  try {
+    cap = stderrCapture(moduleDir('@tensorflow/tfjs-node'));
+  } catch {
+    cap = undefined;
+  }
+  const on = cap?.begin() ?? false;
+  try {
+    const out = await f();
+    return [out, on ? cap!.end() : ''];
+  } catch (e) {
+    if (on) cap!.end();
+    throw e;
+  }
+}
+
 function passOn(captured: string | undefined): void {
   const text = captured && siftStartupLog(captured, Math.min(3, Math.max(0, Number(process.env.TF_CPP_MIN_LOG_LEVEL) || 0)));
   if (text) process.stderr.write(text);
@@ -214,9 +241,36 @@ async function activate(name: BackendName): Promise<void> {
   tf.enableProdMode();
   if (name === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
   if (name === 'cpu') await import('@tensorflow/tfjs-backend-cpu');
+  if (name === 'webgpu') {
+    installNavigatorGpu();
+    await import('@tensorflow/tfjs-backend-webgpu');
+  }
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`backend ${name} failed to initialise`);
   await tf.ready();
+  if (name === 'webgpu') watchDevice();
+}
+
+/** What the WebGPU device reported that tfjs does not (validation, out-of-memory, device lost). */
+const deviceErrors: string[] = [];
+
+function watchDevice(): void {
+  const device = (tf.backend() as unknown as { device?: EventTarget & { lost?: Promise<{ message: string }> } }).device;
+  device?.addEventListener?.('uncapturederror', (ev) => {
+    const msg = String((ev as unknown as { error?: { message?: string } }).error?.message ?? ev).split('\n')[0]!;
+    if (deviceErrors.length < 8) deviceErrors.push(msg);
+  });
+  void device?.lost?.then((info) => deviceErrors.push(`device lost: ${info.message}`));
+}
+
+/**
+ * Throws when the WebGPU device reported an error since the last call: every result since
+ * then may be wrong. Commands call it where they are about to trust or save numbers.
+ */
+export function checkDevice(what: string): void {
+  if (!deviceErrors.length) return;
+  const first = deviceErrors.splice(0).join('; ');
+  throw new Error(`WebGPU reported an error during ${what}, so its results are not trusted: ${first}`);
 }
 
 function versions(): Record<string, string> {
@@ -231,6 +285,8 @@ function versions(): Record<string, string> {
   tryVersion('@tensorflow/tfjs-node');
   tryVersion('@tensorflow/tfjs-node-gpu');
   tryVersion('@tensorflow/tfjs-backend-wasm');
+  tryVersion('@tensorflow/tfjs-backend-webgpu');
+  tryVersion('webgpu');
   return v;
 }
 
@@ -252,6 +308,14 @@ export async function initBackend(opts: { prefer?: BackendName; quiet?: boolean;
   if (current && (!requested || requested === current.backend)) return current;
 
   const probe = probeNative();
+  // A hardware adapter runs first; a software one only when asked for.
+  const gpuProbe = await probeWebGPU(requested === 'webgpu', captured);
+  const hardware = gpuProbe.ok && !gpuProbe.adapter!.software;
+  const webgpu = {
+    available: gpuProbe.ok && (hardware || requested === 'webgpu'),
+    adapter: gpuProbe.adapter,
+    error: gpuProbe.ok ? (hardware || requested === 'webgpu' ? undefined : `only a software adapter (${adapterLine(gpuProbe.adapter!)}): used with --backend webgpu`) : gpuProbe.error,
+  };
   const native = {
     available: probe.ok,
     package: probe.pkg,
@@ -267,8 +331,15 @@ export async function initBackend(opts: { prefer?: BackendName; quiet?: boolean;
         field: '--backend tensorflow',
       });
     }
+    if (requested === 'webgpu' && !gpuProbe.ok) {
+      throw new UserError(`WebGPU is unavailable: ${gpuProbe.error}`, { field: '--backend webgpu' });
+    }
     backend = requested;
     reason = `requested (${opts.prefer ? '--backend' : 'SINKLM_BACKEND'})`;
+    if (requested === 'webgpu') reason += ` on ${adapterLine(gpuProbe.adapter!)}`;
+  } else if (hardware) {
+    backend = 'webgpu';
+    reason = `a hardware WebGPU adapter: ${adapterLine(gpuProbe.adapter!)}`;
   } else if (probe.ok) {
     backend = 'tensorflow';
     reason = `native ${probe.pkg} loaded (TensorFlow ${probe.tfVersion ?? '?'})`;
@@ -280,18 +351,20 @@ export async function initBackend(opts: { prefer?: BackendName; quiet?: boolean;
     await activate(backend);
   } catch (e) {
     if (requested || backend === 'cpu') throw e;
-    reason += `; wasm failed (${shortError(e)})`;
-    backend = 'cpu';
+    reason += `; ${backend} failed (${shortError(e)})`;
+    backend = backend === 'webgpu' && probe.ok ? 'tensorflow' : 'cpu';
     await activate(backend);
   }
-  if (!requested && backend !== 'tensorflow' && !opts.quiet) {
+  if (!requested && backend === 'webgpu' && !opts.quiet) process.stderr.write(`sinklm: using the webgpu backend (${reason})\n`);
+  if (!requested && backend !== 'tensorflow' && backend !== 'webgpu' && !opts.quiet) {
     process.stderr.write(`sinklm: using the ${backend} backend (${reason}). For ~3-70x faster runs: ${NATIVE_HOWTO}\n`);
   }
   current = {
     backend,
     reason,
     native,
-    gpu: probe.pkg === '@tensorflow/tfjs-node-gpu',
+    gpu: backend === 'webgpu' ? !gpuProbe.adapter!.software : probe.pkg === '@tensorflow/tfjs-node-gpu',
+    webgpu,
     kernels: kernelInfo(backend, probe),
     versions: versions(),
     threads: Number(process.env.TF_NUM_INTRAOP_THREADS) || (os.availableParallelism?.() ?? os.cpus().length),

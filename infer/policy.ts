@@ -73,7 +73,8 @@ export function decodePath(model?: GPTNeoX, keys?: number, batch = 1): DecodePat
     if (!(DECODE_PATHS as readonly string[]).includes(env)) throw new UserError(`must be one of ${DECODE_PATHS.join(', ')} (got "${env}")`, { field: 'SINKLM_DECODE' });
     return env as DecodePath;
   }
-  if (backendInfo().gpu) return 'tensor';
+  // On WebGPU the weights live on the device (and Node has no synchronous reads there).
+  if (backendInfo().gpu || backendInfo().backend === 'webgpu') return 'tensor';
   if (model) {
     const why = hostStepTooBig(model, keys ?? model.config.max_position_embeddings, batch);
     if (why) {

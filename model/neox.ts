@@ -59,11 +59,10 @@ export class GPTNeoX {
       // tidy frees the initial tensor: a variable takes its own reference to the data.
       this.params.set(s.name, tf.tidy(() => tf.variable(tf.tensor(w.data, s.shape), true)));
     }
-    const tables = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
+    const { host, ...tables } = rotaryTables(Math.max(config.max_position_embeddings, 1), headDim(config), rotaryDims(config), config.rotary_emb_base);
     const scale = 1 / Math.sqrt(headDim(config));
     this.rope = { ...tables, qCos: tf.mul(tables.cos, scale), qSin: tf.mul(tables.sin, scale) };
-    const cos = tables.cos.dataSync() as Float32Array;
-    const sin = tables.sin.dataSync() as Float32Array;
+    const { cos, sin } = host;
     this.ropeHost = { cos, sin, qCos: cos.map((v) => v * scale), qSin: sin.map((v) => v * scale) };
     this.gatherGrad = tf.getKernel('UnsortedSegmentSum', tf.getBackend()) !== undefined;
   }

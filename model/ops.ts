@@ -55,6 +55,8 @@ export function rotaryTables(maxPos: number, headDim: number, rotaryDims: number
     cos: tf.tensor2d(cos, [maxPos, headDim]),
     sin: tf.tensor2d(sin, [maxPos, headDim]),
     rot: tf.tensor2d(rot, [headDim, headDim]),
+    /** The same cos/sin on the host (a backend such as WebGPU has no synchronous reads). */
+    host: { cos, sin },
   };
 }
 

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { ensureBackend, retainFreedMemory } from '../core/backend.js';
+import { checkDevice, ensureBackend, retainFreedMemory } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { makeDirs, writeFileAtomic } from '../core/fsutil.js';
@@ -95,20 +95,19 @@ function toTensors(b: Batch, B: number, T: number) {
   };
 }
 
-/** Mean validation loss over fixed batches. */
-export function evaluate(model: GPTNeoX, batches: Batch[], B: number, T: number): number {
-  let sum = 0;
-  let count = 0;
-  for (const b of batches) {
-    const [s, n] = tf.tidy(() => {
+/** Mean validation loss over fixed batches: the sums stay on the device, one read at the end. */
+export async function evaluate(model: GPTNeoX, batches: Batch[], B: number, T: number): Promise<number> {
+  const sums = batches.map((b) =>
+    tf.tidy(() => {
       const { input, target, mask } = toTensors(b, B, T);
       const nll = model.tokenNll(model.forward(input), target);
-      return [tf.sum(tf.mul(nll, mask)).dataSync()[0]!, tf.sum(mask).dataSync()[0]!];
-    });
-    sum += s;
-    count += n;
-  }
-  return sum / Math.max(1, count);
+      return tf.stack([tf.sum(tf.mul(nll, mask)), tf.sum(mask)]);
+    }),
+  );
+  const packed = tf.tidy(() => tf.sum(tf.stack(sums), 0));
+  const [sum, count] = await packed.data();
+  tf.dispose([...sums, packed]);
+  return sum! / Math.max(1, count!);
 }
 
 export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<TrainResult> {
@@ -119,6 +118,9 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   const t = cfg.train;
   checkOutputPath(out, 'folder');
   const mode = checkOutDir(out, !!opts.resume);
+  if (t.replicas > 1 && info.backend === 'webgpu') {
+    throw new UserError('data-parallel replicas run on CPU backends; on webgpu the GPU runs the whole batch: set train.replicas to 1', { file: cfg.source, field: 'train.replicas' });
+  }
 
   // Data: prepared (or reused) exactly as `sinklm prepare` would.
   const prep: PreparedData = await prepareData(cfg, { log });
@@ -241,9 +243,12 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   };
 
   /** Brings waiting losses and norms to the host in one read; stops the run at the first non-finite one. */
-  const syncSteps = () => {
+  const syncSteps = async () => {
     if (!onDevice.length) return;
-    const values = tf.tidy(() => tf.stack(onDevice.flatMap((p) => [p.loss, p.norm])).dataSync());
+    const packed = tf.tidy(() => tf.stack(onDevice.flatMap((p) => [p.loss, p.norm])));
+    const values = await packed.data();
+    packed.dispose();
+    checkDevice(`the steps up to ${onDevice.at(-1)!.step}`);
     const synced = onDevice.map((p, i) => ({ step: p.step, lr: p.lr, loss: values[2 * i]!, grad_norm: values[2 * i + 1]! }));
     tf.dispose(onDevice.flatMap((p) => [p.loss, p.norm]));
     onDevice = [];
@@ -256,15 +261,16 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   };
 
   /** Host copies of tensors about to be saved; a non-finite value stops the run instead. */
-  const finite = (tensors: TensorMap, what: string): TensorMap => {
-    syncSteps(); // names the step it went wrong at, when a loss or norm shows it
+  const finite = async (tensors: TensorMap, what: string): Promise<TensorMap> => {
+    await syncSteps(); // names the step it went wrong at, when a loss or norm shows it
+    checkDevice(`the run before saving ${what}s`);
     const bad = nonFiniteTensor(tensors);
     if (bad) diverged(`${what} ${bad} became non-finite`, step);
     return tensors;
   };
 
-  const flushLogs = () => {
-    syncSteps();
+  const flushLogs = async () => {
+    await syncSteps();
     if (!interval.length) return;
     const seconds = (performance.now() - intervalStart) / 1000;
     tokensPerSecond = intervalTokens / Math.max(seconds, 1e-9);
@@ -286,8 +292,8 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
   };
 
   const save = async () => {
-    const weights = finite(await model.weights(), 'weight');
-    const optState = finite(await opt.state(), 'optimizer moment');
+    const weights = await finite(await model.weights(), 'weight');
+    const optState = await finite(await opt.state(), 'optimizer moment');
     const trainerState: TrainerState = {
       step,
       tokens_seen: tokensSeen,
@@ -345,18 +351,18 @@ export async function train(cfg: RunConfig, opts: TrainOptions = {}): Promise<Tr
       opts.onStep?.(step);
 
       // Log lines fall on the same steps however a run was split: a save keeps the interval.
-      if (step % t.log_every === 0 || step === t.max_steps) flushLogs();
+      if (step % t.log_every === 0 || step === t.max_steps) await flushLogs();
       else bar.update(step, {});
       if (step % t.eval_every === 0 || step === endStep) {
-        syncSteps();
-        valLoss = evaluate(model, valBatches, B, T);
+        await syncSteps();
+        valLoss = await evaluate(model, valBatches, B, T);
         tb.scalar('val/loss', valLoss, step);
         tb.scalar('val/ppl', Math.exp(valLoss), step);
         fs.writeSync(metrics, JSON.stringify({ step, val_loss: valLoss, val_ppl: Math.exp(valLoss) }) + '\n');
         if (!bar.enabled) log(`step ${step}  val loss ${valLoss.toFixed(4)}  ppl ${Math.exp(valLoss).toFixed(2)}`);
       }
       if (t.snapshot_every > 0 && step % t.snapshot_every === 0) {
-        const weights = finite(await model.weights(), 'weight');
+        const weights = await finite(await model.weights(), 'weight');
         await writeSnapshotDir(out, step, (tmp) => saveModel(tmp, model, { tokenizerPath: prep.tokenizer.path, weights }));
       }
       if (step % t.ckpt_every === 0 || step === endStep) await save();
