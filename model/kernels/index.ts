@@ -1,15 +1,17 @@
 /**
  * sinklm's kernels, one per operation and backend, registered as tfjs registers its own: on
  * native TensorFlow the fastest it has (TensorFlow's built-ins, sinklm's own ops once their
- * library has loaded), on every other backend the formula (formula.ts). The operations that
+ * library has loaded), on webgpu sinklm's WGSL (webgpu.ts), on every other backend the
+ * formula (formula.ts). The operations that
  * call them (fused.ts) and their gradients (gradients.ts) never ask which runs.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { sinklmOps } from '../../core/backend.js';
 import { FORMULAS } from './formula.js';
 import { compositeKernelFunc, COMPOSITES, NATIVE, NATIVE_BACKEND, nativeKernelFunc } from './native.js';
+import { WEBGPU, webgpuKernelFunc } from './webgpu.js';
 
-export type KernelSource = 'tensorflow' | 'sinklm' | 'formula';
+export type KernelSource = 'tensorflow' | 'sinklm' | 'wgsl' | 'formula';
 
 const registered = new Map<string, Map<string, KernelSource>>();
 
@@ -30,6 +32,7 @@ function implementation(name: string, backend: string, library: string[]): { sou
   }
   if (nat?.builtin) return { source: 'tensorflow', kernelFunc: nativeKernelFunc(nat) };
   if (backend === NATIVE_BACKEND && name in COMPOSITES) return { source: 'tensorflow', kernelFunc: compositeKernelFunc(name) };
+  if (backend === 'webgpu' && name in WEBGPU && !['1', 'true'].includes(process.env.SINKLM_NO_KERNELS ?? '')) return { source: 'wgsl', kernelFunc: webgpuKernelFunc(name) };
   const formula = FORMULAS[name]!;
   return { source: 'formula', kernelFunc: ({ inputs, attrs }) => tf.tidy(() => formula(inputs as unknown as Record<string, tf.Tensor>, attrs as Record<string, unknown>)) };
 }
