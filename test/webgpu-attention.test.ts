@@ -109,6 +109,7 @@ async function check(name: string, c: Case): Promise<void> {
   const errs = got.map((g, k) => {
     expect(g.length, OUTPUTS[k]).toBe(want[k]!.length);
     expect(Array.from(g).every(Number.isFinite), `${OUTPUTS[k]} finite`).toBe(true);
+    if (k < 2) expect(Math.max(...Array.from(want[k]!, Math.abs)), `${OUTPUTS[k]} not all zeros`).toBeGreaterThan(0);
     return relErr(g, want[k]!);
   });
   measured.push(`${name}: ${errs.map((e, k) => `${OUTPUTS[k]} ${e.toExponential(2)}`).join(', ')}`);

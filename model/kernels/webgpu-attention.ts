@@ -10,10 +10,11 @@
  * - Forward: a thread per query row i, over the key tiles up to the causal bound; an online
  *   softmax (running max m and sum l, starting at the sink's logit with l = 1 in modes 1
  *   and 2, so the max includes it) accumulates the context in private memory.
- * - Backward, from p = exp(s - lse) recomputed: a thread per query row for dq (over key
- *   tiles j <= i; it also writes D_i = dctx_i . ctx_i), then a thread per key row for dk
- *   and dv (over query tiles i >= j), writing the other columns of the same dqkv; then
- *   d sink (a per-head sum over D in mode 2, zeros otherwise).
+ * - Backward, from p = exp(s - lse) recomputed: (lse_i, D_i = dctx_i . ctx_i) paired per row,
+ *   then a thread per query row for dq (over key tiles j <= i), then a thread per key row
+ *   for dk and dv (over query tiles i >= j), writing the other columns of the same dqkv;
+ *   then d sink (a per-head sum over D in mode 2, zeros otherwise). Each shader binds at
+ *   most 8 storage buffers (WebGPU's default per-stage limit).
  * head_dim, the rotary dims and the sizes are compiled in (one pipeline per shape).
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -185,21 +186,44 @@ function backward(be: WebGPUBackendish, ins: Record<string, tf.TensorInfo>, attr
   const hd = head(s);
   const tables = ['qkv', 'qcos', 'qsin', 'kcos', 'ksin'];
 
-  // dq, a thread per query row (and D_i = dctx_i . ctx_i, for the next two kernels).
+  // stats = (lse_i, D_i) per (b, h, i), D_i = dctx_i . ctx_i, a thread each: lse and D in
+  // one buffer keeps the next two kernels at 8 storage buffers.
+  const rows = s.B * s.H * s.T;
+  const dg = flatGrid(Math.ceil(rows / SINK_THREADS));
+  const [D] = dispatch(be, {
+    label: 'SinklmAttentionGrad.stats',
+    body: `@compute @workgroup_size(${SINK_THREADS})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let e = ${dg.index} * ${SINK_THREADS}u + tid;
+  if (e >= ${rows}u) { return; }
+  let i = e % ${s.T}u;
+  let bh = e / ${s.T}u;
+  let o = ((bh / ${s.H}u) * ${s.T}u + i) * ${s.H * s.hd}u + (bh % ${s.H}u) * ${s.hd}u;
+  var acc = 0.0;
+  for (var d = 0u; d < ${s.hd}u; d++) { acc += dctx[o + d] * ctx[o + d]; }
+  stats[2u * e] = lse[e];
+  stats[2u * e + 1u] = acc;
+}`,
+    inputs: [ins.ctx!, ins.dctx!, ins.lse!],
+    inputNames: ['ctx', 'dctx', 'lse'],
+    outputs: [{ name: 'stats', shape: [s.B, s.H, s.T, 2] }],
+    grid: dg.grid,
+  });
+
+  // dq, a thread per query row, over the key tiles j <= i: ta = rotated k, tb = v.
   const dqBody = `${common(s, true)}
 ${hd.code}
   var q: array<f32, ${s.hd}>;
   var dO: array<f32, ${s.hd}>;
   var g: array<f32, ${s.hd}>;
   let qb = at(b, r0, h, 0u, 0u);
-  var Di = 0.0;
   for (var d = 0u; d < HD; d++) {
     q[d] = rotQ(qb, r0, d);
     dO[d] = dctx[rowAt(b, r0, h, d)];
-    Di += dO[d] * ctx[rowAt(b, r0, h, d)];
     g[d] = 0.0;
   }
-  let li = lse[bh * T + r0];
+  let li = stats[2u * (bh * T + r0)];
+  let Di = stats[2u * (bh * T + r0) + 1u];
   for (var kt = 0u; kt <= tile; kt++) {
     ${LOAD_KV}
     let n = select(TILE, tid + 1u, kt == tile);
@@ -216,19 +240,14 @@ ${hd.code}
       ${unrotate('g', 'qcos', 'qsin', 'row')}
       dqkv[at(b, row, h, 0u, d)] = val;
     }
-    dvec[bh * T + row] = Di;
   }
 }`;
-  const dqNames = [...tables, 'ctx', 'lse', 'dctx'];
-  const [dqkv, D] = dispatch(be, {
+  const [dqkv] = dispatch(be, {
     label: 'SinklmAttentionGrad.dq',
     body: dqBody,
-    inputs: dqNames.map((n) => ins[n]!),
-    inputNames: dqNames,
-    outputs: [
-      { name: 'dqkv', shape: ins.qkv!.shape },
-      { name: 'dvec', shape: [s.B, s.H, s.T] },
-    ],
+    inputs: [...tables.map((n) => ins[n]!), ins.dctx!, D!],
+    inputNames: [...tables, 'dctx', 'stats'],
+    outputs: [{ name: 'dqkv', shape: ins.qkv!.shape }],
     grid: hd.grid,
   });
 
@@ -267,8 +286,8 @@ ${hd.code}
       var sc = 0.0;
       var dp = 0.0;
       for (var d = 0u; d < HD; d++) { sc += ta[r * HD + d] * k[d]; dp += tb[r * HD + d] * v[d]; }
-      let p = exp(sc - lse[i]);
-      let ds = p * (dp - dvec[i]);
+      let p = exp(sc - stats[2u * i]);
+      let ds = p * (dp - stats[2u * i + 1u]);
       for (var d = 0u; d < HD; d++) {
         gv[d] += p * tb[r * HD + d];
         gk[d] += ds * ta[r * HD + d];
@@ -283,24 +302,24 @@ ${hd.code}
     }
   }
 }`;
-  const dkvNames = [...tables, 'dctx', 'lse', 'dvec'];
+  const dkvNames = [...tables, 'dctx', 'stats'];
   dispatch(be, {
     label: 'SinklmAttentionGrad.dkv',
     body: dkvBody,
-    inputs: [...tables.map((n) => ins[n]!), ins.dctx!, ins.lse!, D!],
+    inputs: [...tables.map((n) => ins[n]!), ins.dctx!, D!],
     inputNames: dkvNames,
     outputs: [{ name: 'dqkv', shape: ins.qkv!.shape }],
     grid: hd.grid,
     into: [dqkv],
   });
 
-  const dsink = sinkGrad(be, s, ins.sink!, ins.lse!, D!);
+  const dsink = sinkGrad(be, s, ins.sink!, D!);
   (be as unknown as tf.KernelBackend).disposeData(D!.dataId);
   return [dqkv!, dsink];
 }
 
 /** d sink_h = -sum_{b,i} exp(sink_h - lse_bhi) D_bhi in mode 2 (a workgroup per head); zeros otherwise. */
-function sinkGrad(be: WebGPUBackendish, s: Shape, sink: tf.TensorInfo, lse: tf.TensorInfo, D: tf.TensorInfo): tf.TensorInfo {
+function sinkGrad(be: WebGPUBackendish, s: Shape, sink: tf.TensorInfo, stats: tf.TensorInfo): tf.TensorInfo {
   if (s.mode !== 2) {
     const n = tf.util.sizeFromShape(sink.shape);
     const g = flatGrid(Math.ceil(n / SINK_THREADS));
@@ -327,7 +346,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var acc = 0.0;
   for (var e = tid; e < ${s.B * s.T}u; e += ${SINK_THREADS}u) {
     let i = ((e / ${s.T}u) * ${s.H}u + h) * ${s.T}u + e % ${s.T}u;
-    acc += exp(z - lse[i]) * dvec[i];
+    acc += exp(z - stats[2u * i]) * stats[2u * i + 1u];
   }
   red[tid] = acc;
   workgroupBarrier();
@@ -340,8 +359,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   return dispatch(be, {
     label: 'SinklmAttentionGrad.dsink',
     body,
-    inputs: [sink, lse, D],
-    inputNames: ['sink', 'lse', 'dvec'],
+    inputs: [sink, stats],
+    inputNames: ['sink', 'stats'],
     outputs: [{ name: 'dsink', shape: sink.shape }],
     grid: g.grid,
   })[0]!;
