@@ -70,7 +70,7 @@ export async function evaluateGrid(
       // The grid's caches share one capacity: one batched stream covers them all.
       const stream = textStream(ck, text, spec.maxTokens);
       const caches = gridCaches(spec);
-      const many = streamEvalMany(ck, stream, caches.map((c) => parseCache(c)), { progress: opts.progress, label: `${m.name} ${caches.join(' ')}` });
+      const many = await streamEvalMany(ck, stream, caches.map((c) => parseCache(c)), { progress: opts.progress, label: `${m.name} ${caches.join(' ')}` });
       const bytes = predictedBytes(ck, stream);
       many.forEach(({ row, nll }, i) => {
         grid.push(cell(m.name, ck.model.config.sink_mode, row, bytes));
@@ -80,7 +80,7 @@ export async function evaluateGrid(
       const runs = (opts.extra ?? []).map((e) => ({ ...e, maxTokens: e.maxTokens ?? spec.maxTokens }));
       for (const r of runs) {
         const stream = textStream(ck, text, r.maxTokens);
-        const { row, nll } = streamEval(ck, stream, r.policy, parseCache(r.cache), { progress: opts.progress, label: `${m.name} ${r.policy} ${r.cache}` });
+        const { row, nll } = await streamEval(ck, stream, r.policy, parseCache(r.cache), { progress: opts.progress, label: `${m.name} ${r.policy} ${r.cache}` });
         grid.push(cell(m.name, ck.model.config.sink_mode, row, predictedBytes(ck, stream)));
         curves.push({ model: m.name, cache: r.cache, policy: r.policy, nll });
         opts.log?.(`${m.name.padEnd(10)} ${r.policy.padEnd(9)} ${r.cache.padStart(8)}  ppl ${row.ppl.toFixed(3)}  (${row.tokens} tokens, ${row.ms_per_token.toFixed(1)} ms/token)`);

@@ -10,7 +10,7 @@ export interface ScoreResult {
   nll: number[];
 }
 
-export function score(ck: LoadedCheckpoint, text: string, file?: string): ScoreResult {
+export async function score(ck: LoadedCheckpoint, text: string, file?: string): Promise<ScoreResult> {
   const max = ck.model.config.max_position_embeddings;
   const stream = textStream(ck, text, undefined, file);
   const tokens = stream.tokens.slice(0, max);
@@ -19,7 +19,7 @@ export function score(ck: LoadedCheckpoint, text: string, file?: string): ScoreR
     const n = tokens.length - 1;
     return ck.model.tokenNll(tf.slice(logits, [0, 0], [n, -1]), tf.tensor1d(tokens.slice(1), 'int32'));
   });
-  const out = Array.from(nll.dataSync());
+  const out = Array.from(await nll.data());
   nll.dispose();
   return { tokens, nll: out };
 }

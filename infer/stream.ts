@@ -84,13 +84,13 @@ export class NllScorer {
   }
 }
 
-export function streamEval(
+export async function streamEval(
   ck: LoadedCheckpoint,
   stream: { tokens: number[]; prefix: number },
   policy: PolicyName,
   spec: CacheSpec,
   opts: { progress?: boolean; label?: string } = {},
-): StreamRun {
+): Promise<StreamRun> {
   const model = ck.model;
   checkCache(spec, policy, model.config.max_position_embeddings);
   const { tokens, prefix } = stream;
@@ -113,7 +113,8 @@ export function streamEval(
       const logits = p.feed(tokens[t]!);
       kvMax = Math.max(kvMax, p.kvTokens);
       if (t >= first) {
-        scorer.rows(logits.dataSync() as Float32Array, [tokens[t + 1]!], one);
+        // One read a token, asynchronous: a GPU backend (WebGPU) has no synchronous one.
+        scorer.rows((await logits.data()) as Float32Array, [tokens[t + 1]!], one);
         nll[t - first] = one[0]!;
         sum += one[0]!;
       }
@@ -153,12 +154,12 @@ export function streamEval(
  * streamEval for several sinks caches of one capacity at once (one batched step per token).
  * Each row's ms_per_token is its share of the batched step.
  */
-export function streamEvalMany(
+export async function streamEvalMany(
   ck: LoadedCheckpoint,
   stream: { tokens: number[]; prefix: number },
   specs: CacheSpec[],
   opts: { progress?: boolean; label?: string } = {},
-): StreamRun[] {
+): Promise<StreamRun[]> {
   const model = ck.model;
   for (const s of specs) checkCache(s, 'sinks', model.config.max_position_embeddings);
   const { tokens, prefix } = stream;
@@ -182,7 +183,7 @@ export function streamEvalMany(
       kvMax = Math.max(kvMax, p.kvTokens);
       if (t >= prefix) {
         targets.fill(tokens[t + 1]!);
-        scorer.rows(logits.dataSync() as Float32Array, targets, row);
+        scorer.rows((await logits.data()) as Float32Array, targets, row);
         for (let b = 0; b < B; b++) {
           nll[b]![t - prefix] = row[b]!;
           sums[b]! += row[b]!;

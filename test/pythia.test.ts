@@ -111,8 +111,8 @@ describe('the files as HF ships them', () => {
 });
 
 describe('numbers: sinklm equals HF on the upcast float16 weights', () => {
-  it(`score: the first 64 tokens' NLLs within ${TOL} of HF GPTNeoXForCausalLM`, () => {
-    const r = score(ck, text, TEXT);
+  it(`score: the first 64 tokens' NLLs within ${TOL} of HF GPTNeoXForCausalLM`, async () => {
+    const r = await score(ck, text, TEXT);
     expect(r.tokens).toEqual(expected.score.tokens);
     expect(maxAbsDiff(r.nll, expected.score.nll)).toBeLessThan(TOL);
   });
@@ -128,8 +128,8 @@ describe('numbers: sinklm equals HF on the upcast float16 weights', () => {
 
   eachDecodePath(() => {
     for (const cache of Object.keys(expected.stream)) {
-      it(`stream-eval ${cache}: every NLL over ${expected.tokens.length} tokens (past the 64 positions) within ${TOL} of the float64 reference`, () => {
-        const run = streamEval(ck, textStream(ck, text), 'sinks', parseCache(cache));
+      it(`stream-eval ${cache}: every NLL over ${expected.tokens.length} tokens (past the 64 positions) within ${TOL} of the float64 reference`, async () => {
+        const run = await streamEval(ck, textStream(ck, text), 'sinks', parseCache(cache));
         expect(run.nll.length).toBe(expected.stream[cache]!.length);
         expect(maxAbsDiff(run.nll, expected.stream[cache]!)).toBeLessThan(TOL);
       });
@@ -236,7 +236,7 @@ describe('safetensors details', () => {
     fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: map }));
     const sharded = await loadCheckpoint(dir);
     try {
-      expect(maxAbsDiff(score(sharded, text).nll, expected.score.nll)).toBeLessThan(TOL);
+      expect(maxAbsDiff((await score(sharded, text)).nll, expected.score.nll)).toBeLessThan(TOL);
     } finally {
       sharded.model.dispose();
     }

@@ -38,22 +38,22 @@ function clockedModel(): GPTNeoX {
 const stream = { tokens: Array.from({ length: 41 }, (_, i) => (i * 7) % 50), prefix: 0 };
 
 /** Runs `f` on a fresh clocked model, on the tensor step (the host step bypasses model.step, which the clock wraps). */
-function withClock<T>(f: (ck: LoadedCheckpoint) => T): T {
+async function withClock<T>(f: (ck: LoadedCheckpoint) => Promise<T>): Promise<T> {
   vi.stubEnv('SINKLM_DECODE', 'tensor');
   const model = clockedModel();
   try {
-    return f({ dir: 'tiny', model, tokenizer: {} as TextTokenizer });
+    return await f({ dir: 'tiny', model, tokenizer: {} as TextTokenizer });
   } finally {
     model.dispose();
   }
 }
 
 describe('ms_per_token', () => {
-  it(`leaves out the first ${WARMUP_TOKENS} tokens (their one-time costs)`, () => {
-    expect(withClock((ck) => streamEval(ck, stream, 'sinks', parseCache('2+14')).row.ms_per_token)).toBeCloseTo(STEP_MS, 9);
+  it(`leaves out the first ${WARMUP_TOKENS} tokens (their one-time costs)`, async () => {
+    expect(await withClock(async (ck) => (await streamEval(ck, stream, 'sinks', parseCache('2+14'))).row.ms_per_token)).toBeCloseTo(STEP_MS, 9);
   });
-  it('does so for the batched grid too, each row its share of the one step', () => {
-    const rows = withClock((ck) => streamEvalMany(ck, stream, [parseCache('0+16'), parseCache('2+14')]).map((r) => r.row.ms_per_token));
+  it('does so for the batched grid too, each row its share of the one step', async () => {
+    const rows = await withClock(async (ck) => (await streamEvalMany(ck, stream, [parseCache('0+16'), parseCache('2+14')])).map((r) => r.row.ms_per_token));
     expect(rows[0]).toBeCloseTo(STEP_MS / 2, 9);
     expect(rows[1]).toBeCloseTo(STEP_MS / 2, 9);
   });

@@ -25,7 +25,7 @@ export const scoreCommand: CommandModule<GlobalArgs, Args> = {
       args,
       async () => {
         const ck = await loadCheckpoint(args.checkpoint);
-        const r = score(ck, readText(args.text), args.text);
+        const r = await score(ck, readText(args.text), args.text);
         ck.model.dispose();
         const mean = r.nll.reduce((a, b) => a + b, 0) / r.nll.length;
         const backend = backendInfo().backend;

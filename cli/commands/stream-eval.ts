@@ -39,7 +39,7 @@ export const streamEvalCommand: CommandModule<GlobalArgs, Args> = {
       const results = [];
       const perToken: string[] = [];
       for (const spec of specs) {
-        const run = streamEval(ck, stream, args.policy, spec, { progress: !args.json });
+        const run = await streamEval(ck, stream, args.policy, spec, { progress: !args.json });
         results.push(run.row);
         if (args['per-token']) perToken.push(JSON.stringify({ cache: spec.label, nll: Array.from(run.nll) }));
         if (!args.json) {
