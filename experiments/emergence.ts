@@ -84,7 +84,7 @@ function meanFirst(s: AttentionStats): number {
 async function sinkPoint(dir: string, text: string, windows: number, eps = SINK_EPS, file?: string): Promise<{ stats: AttentionStats; mean_first: number; max_first: number }> {
   const ck = await loadCheckpoint(dir);
   try {
-    const stats = attentionStatsOver(ck, attentionWindows(ck, text, windows, file), { eps });
+    const stats = await attentionStatsOver(ck, attentionWindows(ck, text, windows, file), { eps });
     const firsts = stats.layers.flatMap((l) => l.heads.map((h) => h.first));
     return { stats, mean_first: meanFirst(stats), max_first: Math.max(...firsts) };
   } finally {

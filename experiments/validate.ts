@@ -178,8 +178,8 @@ async function run(models: GridModel[], text: string, textFile: string, spec: Gr
       { policy: 'dense', cache: `0+${context}`, maxTokens: context - 1 },
       ...(recompute > 0 ? [{ policy: 'recompute' as const, cache: `0+${spec.window}`, maxTokens: recompute }] : []),
     ],
-    onModel: (name, ck) => {
-      stats.push(sinkStats(name, ck, attentionStatsOver(ck, attentionWindows(ck, text, ATTENTION_WINDOWS, textFile, ATTENTION_WINDOW_TOKENS))));
+    onModel: async (name, ck) => {
+      stats.push(sinkStats(name, ck, await attentionStatsOver(ck, attentionWindows(ck, text, ATTENTION_WINDOWS, textFile, ATTENTION_WINDOW_TOKENS))));
     },
   });
   const sinks = grid.filter((c) => c.policy === 'sinks');

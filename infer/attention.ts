@@ -85,7 +85,7 @@ export function attentionTokens(ck: LoadedCheckpoint, text: string, maxTokens?: 
 }
 
 /** Runs one forward over `tokens` and reduces each layer's [1, H, T, T] weights on device. */
-export function attentionStats(ck: LoadedCheckpoint, tokens: number[], opts: { eps?: number } = {}): AttentionStats {
+export async function attentionStats(ck: LoadedCheckpoint, tokens: number[], opts: { eps?: number } = {}): Promise<AttentionStats> {
   const model = ck.model;
   const c = model.config;
   const T = tokens.length;
@@ -98,6 +98,8 @@ export function attentionStats(ck: LoadedCheckpoint, tokens: number[], opts: { e
   const layers: LayerStats[] = [];
   const maps: AttentionMap[] = [];
 
+  // The probe runs inside the forward; each layer's packed vector is kept and read after it.
+  const packs: { layer: number; packed: tf.Tensor }[] = [];
   const probe = (layer: number, w: tf.Tensor4D): void => {
     // One packed vector per layer, read once: first[H] | first4[H] | rowSum[H] | map[M*M].
     const packed = tf.tidy(() => {
@@ -107,10 +109,11 @@ export function attentionStats(ck: LoadedCheckpoint, tokens: number[], opts: { e
       const first4 = tf.mean(tf.sum(tf.slice(rows, [0, 0, 0], [H, -1, FIRST_K]), -1), 1);
       const rowSum = tf.mean(tf.sum(rows, -1), 1);
       const map = tf.mean(tf.slice(heads, [0, 0, 0], [H, M, M]), 0);
-      return tf.concat([first, first4, rowSum, tf.reshape(map, [M * M])]);
+      return tf.keep(tf.concat([first, first4, rowSum, tf.reshape(map, [M * M])]));
     });
-    const d = packed.dataSync();
-    packed.dispose();
+    packs.push({ layer, packed });
+  };
+  const record = (layer: number, d: Float32Array): void => {
     layers.push({
       layer,
       heads: Array.from({ length: H }, (_, h) => ({
@@ -129,6 +132,10 @@ export function attentionStats(ck: LoadedCheckpoint, tokens: number[], opts: { e
   tf.tidy(() => {
     model.forward(tf.tensor2d(tokens, [1, T], 'int32'), probe);
   });
+  for (const { layer, packed } of packs) {
+    record(layer, (await packed.data()) as Float32Array);
+    packed.dispose();
+  }
 
   const pairs = layers.flatMap((l) => l.heads);
   const share = (f: (h: HeadStats) => number) => pairs.filter((h) => f(h) > eps).length / pairs.length;
@@ -170,9 +177,10 @@ export function attentionWindows(ck: LoadedCheckpoint, text: string, count: numb
  * attentionStats over several windows of the same length: per-head means (and the maps)
  * averaged over the windows, the sink metric taken on those averages.
  */
-export function attentionStatsOver(ck: LoadedCheckpoint, windows: number[][], opts: { eps?: number } = {}): AttentionStats {
+export async function attentionStatsOver(ck: LoadedCheckpoint, windows: number[][], opts: { eps?: number } = {}): Promise<AttentionStats> {
   if (windows.length === 0) throw new Error('attentionStatsOver needs at least one window');
-  const all = windows.map((w) => attentionStats(ck, w, opts));
+  const all: AttentionStats[] = [];
+  for (const w of windows) all.push(await attentionStats(ck, w, opts));
   const first = all[0]!;
   if (all.some((s) => s.tokens !== first.tokens)) throw new Error('attentionStatsOver: windows differ in length');
   const avg = (f: (s: AttentionStats) => number) => all.reduce((a, s) => a + f(s), 0) / all.length;

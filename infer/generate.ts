@@ -114,11 +114,11 @@ function ban(logits: Float32Array, ids: number[]): Float32Array {
   return logits;
 }
 
-/** Feeds one token and returns the next-token logits as a plain array. */
-function feed(policy: StreamPolicy, token: number): Float32Array {
+/** Feeds one token and returns the next-token logits as a plain array (read asynchronously: WebGPU has no other way). */
+async function feed(policy: StreamPolicy, token: number): Promise<Float32Array> {
   const logits = policy.feed(token);
   try {
-    return logits.dataSync() as Float32Array;
+    return (await logits.data()) as Float32Array;
   } finally {
     logits.dispose();
   }
@@ -153,28 +153,28 @@ export async function generate(
   const rounds: GenerateRound[] = [];
   let kvMax = 0;
   let fed = 0;
-  const step = (token: number): Float32Array => {
-    const logits = feed(policy, token);
+  const step = async (token: number): Promise<Float32Array> => {
+    const logits = await feed(policy, token);
     fed++;
     kvMax = Math.max(kvMax, policy.kvTokens);
     return logits;
   };
   try {
     // A sink-token model saw its sink token at the start of every sample: once per stream.
-    let logits: Float32Array | null = c.sink_mode === 'token' ? step(c.sink_token_id!) : null;
+    let logits: Float32Array | null = c.sink_mode === 'token' ? await step(c.sink_token_id!) : null;
     let r = -1;
     for await (const prompt of prompts) {
       r++;
       onText?.(prompt, { round: r, kind: 'prompt' });
       const ids = tokenizer.encode(r === 0 ? prompt : separator + prompt);
       if (ids.length === 0) throw new UserError(`prompt ${r + 1} gives no tokens`, { field: '--prompts' });
-      for (const id of ids) logits = step(id);
+      for (const id of ids) logits = await step(id);
       const detok = new StreamDecoder((x) => tokenizer.decode(x));
       let sampled = 0;
       const started = performance.now();
       for (; sampled < opts.maxNewTokens; sampled++) {
         const next = sampler.next(banned.length ? ban(logits!, banned) : logits!);
-        logits = step(next);
+        logits = await step(next);
         if (next === eos) {
           sampled++;
           break;

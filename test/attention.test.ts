@@ -43,11 +43,11 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 describe('attentionStats', () => {
   for (const mode of ['none', 'token', 'softmax1', 'logit'] as const) {
-    it(`${mode}: per-head means agree with the weights the probe saw`, () => {
+    it(`${mode}: per-head means agree with the weights the probe saw`, async () => {
       const ck = checkpointOf({ sink_mode: mode, sink_token_id: mode === 'token' ? 1 : null, num_hidden_layers: 2, num_attention_heads: 4 });
-      attentionStats(ck, tokens); // the model keeps a causal mask per length, once
+      await attentionStats(ck, tokens); // the model keeps a causal mask per length, once
       const before = numTensors();
-      const s = attentionStats(ck, tokens);
+      const s = await attentionStats(ck, tokens);
       expect(numTensors()).toBe(before);
       const w = probeWeights(ck, tokens);
       const T = tokens.length;
@@ -91,34 +91,34 @@ describe('attentionStats', () => {
     });
   }
 
-  it('Sink^eps is the share of layer-head pairs above eps, on first-token and implicit-sink mass apart', () => {
+  it('Sink^eps is the share of layer-head pairs above eps, on first-token and implicit-sink mass apart', async () => {
     const ck = checkpointOf({ sink_mode: 'softmax1', num_hidden_layers: 2, num_attention_heads: 4 });
-    const base = attentionStats(ck, tokens);
+    const base = await attentionStats(ck, tokens);
     const firsts = base.layers.flatMap((l) => l.heads.map((h) => h.first)).sort((a, b) => a - b);
     const sinks = base.layers.flatMap((l) => l.heads.map((h) => h.implicit_sink!));
     // eps between the 3rd and 4th smallest first-token means: 5 of 8 pairs are above it.
     const eps = (firsts[2]! + firsts[3]!) / 2;
-    const s = attentionStats(ck, tokens, { eps });
+    const s = await attentionStats(ck, tokens, { eps });
     expect(s.eps).toBe(eps);
     expect(s.sink_metric.first).toBe(5 / 8);
     expect(s.sink_metric.implicit_sink).toBe(sinks.filter((v) => v > eps).length / 8);
-    expect(attentionStats(ck, tokens, { eps: 1 }).sink_metric).toEqual({ first: 0, implicit_sink: 0 });
-    expect(attentionStats(ck, tokens, { eps: -1 }).sink_metric).toEqual({ first: 1, implicit_sink: 1 });
+    expect((await attentionStats(ck, tokens, { eps: 1 })).sink_metric).toEqual({ first: 0, implicit_sink: 0 });
+    expect((await attentionStats(ck, tokens, { eps: -1 })).sink_metric).toEqual({ first: 1, implicit_sink: 1 });
     expect(base.sink_metric.implicit_sink).not.toBeNull();
     ck.model.dispose();
   });
 
-  it('none/token models have no implicit-sink metric', () => {
+  it('none/token models have no implicit-sink metric', async () => {
     const ck = checkpointOf({ sink_mode: 'token', sink_token_id: 1 });
-    expect(attentionStats(ck, tokens).sink_metric.implicit_sink).toBeNull();
+    expect((await attentionStats(ck, tokens)).sink_metric.implicit_sink).toBeNull();
     ck.model.dispose();
   });
 
-  it('streams shorter than 16 tokens give smaller maps; 4 tokens or fewer are refused', () => {
+  it('streams shorter than 16 tokens give smaller maps; 4 tokens or fewer are refused', async () => {
     const ck = checkpointOf();
-    const s = attentionStats(ck, tokens.slice(0, 9));
+    const s = await attentionStats(ck, tokens.slice(0, 9));
     expect(s.maps[0]!.values).toHaveLength(9);
-    expect(() => attentionStats(ck, tokens.slice(0, 4))).toThrow();
+    await expect(attentionStats(ck, tokens.slice(0, 4))).rejects.toThrow();
     ck.model.dispose();
   });
 });
@@ -157,7 +157,7 @@ describe('attentionPlot', () => {
   for (const mode of ['none', 'logit'] as const) {
     it(`${mode}: one SVG with the layer x head heatmap and the maps, ids unique and resolving`, async () => {
       const ck = checkpointOf({ sink_mode: mode, num_hidden_layers: 5, num_attention_heads: 4 });
-      const s: AttentionStats = attentionStats(ck, tokens);
+      const s: AttentionStats = await attentionStats(ck, tokens);
       ck.model.dispose();
       const svg = await attentionPlot(s, { name: 'tiny' });
       expect(svg.startsWith('<svg')).toBe(true);

@@ -54,11 +54,11 @@ describe('attentionWindows', () => {
 });
 
 describe('attentionStatsOver', () => {
-  it('averages per-head means and maps over windows and thresholds the averages', () => {
+  it('averages per-head means and maps over windows and thresholds the averages', async () => {
     const ck: LoadedCheckpoint = { dir: '', model: tinyModel({ sink_mode: 'logit', num_attention_heads: 4 }), tokenizer };
     const w = attentionWindows(ck, text, 3);
-    const one = w.map((x) => attentionStats(ck, x));
-    const s = attentionStatsOver(ck, w);
+    const one = await Promise.all(w.map((x) => attentionStats(ck, x)));
+    const s = await attentionStatsOver(ck, w);
     expect(s.windows).toBe(3);
     const firsts: number[] = [];
     for (const l of s.layers) {
@@ -74,7 +74,7 @@ describe('attentionStatsOver', () => {
     expect(Number.isNaN(s.maps[0]!.values[2]![3])).toBe(true);
     const sorted = [...firsts].sort((a, b) => a - b);
     const eps = (sorted[3]! + sorted[4]!) / 2;
-    expect(attentionStatsOver(ck, w, { eps }).sink_metric.first).toBe(4 / 8);
+    expect((await attentionStatsOver(ck, w, { eps })).sink_metric.first).toBe(4 / 8);
     ck.model.dispose();
   });
 });

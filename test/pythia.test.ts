@@ -117,8 +117,8 @@ describe('numbers: sinklm equals HF on the upcast float16 weights', () => {
     expect(maxAbsDiff(r.nll, expected.score.nll)).toBeLessThan(TOL);
   });
 
-  it('attention: first-token and first-4 attention per layer and head equal HF output_attentions', () => {
-    const s = attentionStats(ck, attentionTokens(ck, text));
+  it('attention: first-token and first-4 attention per layer and head equal HF output_attentions', async () => {
+    const s = await attentionStats(ck, attentionTokens(ck, text));
     expect(s.query_from).toBe(expected.attention.query_from);
     for (const l of s.layers) {
       expect(maxAbsDiff(l.heads.map((h) => h.first), expected.attention.first[l.layer]!)).toBeLessThan(1e-4);

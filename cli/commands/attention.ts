@@ -33,7 +33,7 @@ export const attentionCommand: CommandModule<GlobalArgs, Args> = {
       let stats;
       try {
         const tokens = attentionTokens(ck, readText(args.text), args.tokens, args.text);
-        stats = attentionStats(ck, tokens, { eps: args.eps });
+        stats = await attentionStats(ck, tokens, { eps: args.eps });
       } finally {
         ck.model.dispose();
       }
