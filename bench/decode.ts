@@ -15,7 +15,7 @@
 import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import seedrandom from 'seedrandom';
-import { backendInfo } from '../core/backend.js';
+import { backendInfo, deviceCounts } from '../core/backend.js';
 import { progressBar } from '../core/progress.js';
 import { DenseCache } from '../infer/cache/dense.js';
 import { SinkCache } from '../infer/cache/sinks.js';
@@ -46,6 +46,9 @@ export interface DecodeRow {
   warmup: number;
   /** Kernels run for one token (tf.profile), and the ones that took longest. */
   ops_per_token: number;
+  /** GPU dispatches (webgpu) and device-to-host reads of one profiled token; on cached rows. */
+  dispatches_per_token?: number;
+  reads_per_token?: number;
   top_kernels: KernelStat[];
   /** Bytes one token must read at least once: the weights the step multiplies by, and the keys and values of every layer. */
   bytes_per_token: number;
@@ -130,11 +133,11 @@ function prefill(path: DecodePath, model: GPTNeoX, cache: DenseCache | SinkCache
   for (let at = 0; at < ids.length; at += chunk) stepOn(path, model, ids.slice(at, at + chunk), cache).dispose();
 }
 
-function timeTokens(n: number, one: () => void): number[] {
+async function timeTokens(n: number, one: () => Promise<void>): Promise<number[]> {
   const ms: number[] = [];
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
-    one();
+    await one();
     ms.push(performance.now() - t0);
   }
   return ms;
@@ -151,14 +154,16 @@ async function cachedRow(model: GPTNeoX, policy: 'sinks' | 'window' | 'dense', C
   if (fed < 0) throw new Error(`dense at ${C} keys cannot time ${o.tokens} tokens after ${o.warmup} warmup (and one profiled); use fewer tokens`);
   try {
     prefill(path, model, cache, Array.from({ length: fed }, rand));
-    const one = () => {
+    const one = async () => {
       const logits = stepOn(path, model, [rand()], cache);
-      logits.dataSync();
+      await logits.data();
       logits.dispose();
     };
-    timeTokens(o.warmup, one);
+    await timeTokens(o.warmup, one);
+    const before = deviceCounts();
     const prof = await profileKernels(one, 5);
-    const ms = timeTokens(o.tokens, one);
+    const after = deviceCounts();
+    const ms = await timeTokens(o.tokens, one);
     const kv = cache.size;
     const b = bound(c, kv);
     return {
@@ -176,6 +181,8 @@ async function cachedRow(model: GPTNeoX, policy: 'sinks' | 'window' | 'dense', C
       tokens: o.tokens,
       warmup: o.warmup,
       ops_per_token: prof.kernels,
+      dispatches_per_token: after.dispatches - before.dispatches,
+      reads_per_token: after.reads - before.reads,
       top_kernels: prof.top,
     };
   } finally {
@@ -186,16 +193,16 @@ async function cachedRow(model: GPTNeoX, policy: 'sinks' | 'window' | 'dense', C
 async function recomputeRow(model: GPTNeoX, C: number, o: DecodeBenchOptions, rand: () => number): Promise<DecodeRow> {
   const window = Array.from({ length: C }, rand);
   // RecomputePolicy.feed with a full window: forward over it, keep the last row's logits.
-  const one = () => {
+  const one = async () => {
     window.shift();
     window.push(rand());
     const logits = tf.tidy(() => model.forwardLast(tf.tensor2d(window, [1, C], 'int32')));
-    logits.dataSync();
+    await logits.data();
     logits.dispose();
   };
-  timeTokens(o.warmup, one);
+  await timeTokens(o.warmup, one);
   const prof = await profileKernels(one, 5);
-  const ms = timeTokens(o.recomputeTokens, one);
+  const ms = await timeTokens(o.recomputeTokens, one);
   const b = bound(model.config, C);
   return {
     ...b,
@@ -323,7 +330,7 @@ export async function benchLong(model: GPTNeoX, o: LongOptions): Promise<LongRow
     for (let t = 1; t <= total; t++) {
       const t0 = performance.now();
       const logits = policy.feed(Math.floor(rng() * V));
-      logits.dataSync();
+      await logits.data();
       logits.dispose();
       const now = performance.now();
       recent[t % win] = now - t0;

@@ -17,9 +17,9 @@ export interface PeakResult {
 /**
  * Times `reps` float32 n x n x n matmuls, after one untimed to load the kernels. Each
  * product feeds the next so no backend can skip or overlap them,
- * and one dataSync at the end waits for all of them.
+ * and one read at the end waits for all of them.
  */
-export function measureMatmulPeak(opts: { n?: number; reps?: number } = {}): PeakResult {
+export async function measureMatmulPeak(opts: { n?: number; reps?: number } = {}): Promise<PeakResult> {
   const n = opts.n ?? 1024;
   const reps = opts.reps ?? 8;
   const a = tf.randomUniform([n, n], -1, 1, 'float32', 1);
@@ -27,7 +27,9 @@ export function measureMatmulPeak(opts: { n?: number; reps?: number } = {}): Pea
   // denormals (which would slow a CPU matmul many times over).
   const r = Math.sqrt(3 / n);
   const b = tf.randomUniform([n, n], -r, r, 'float32', 2);
-  tf.tidy(() => tf.matMul(a, b).dataSync());
+  const first = tf.matMul(a, b);
+  await first.data();
+  first.dispose();
   const t0 = performance.now();
   let x: tf.Tensor = a.clone();
   for (let i = 0; i < reps; i++) {
@@ -35,7 +37,7 @@ export function measureMatmulPeak(opts: { n?: number; reps?: number } = {}): Pea
     x.dispose();
     x = next;
   }
-  x.dataSync();
+  await x.data();
   const ms = performance.now() - t0;
   tf.dispose([a, b, x]);
   const msPer = ms / reps;

@@ -24,10 +24,10 @@ export interface KernelProfile {
   top: KernelStat[];
 }
 
-export async function profileKernels(work: () => void, top = 12): Promise<KernelProfile> {
+export async function profileKernels(work: () => void | Promise<void>, top = 12): Promise<KernelProfile> {
   const t0 = performance.now();
-  const info = await tf.profile(() => {
-    work();
+  const info = await tf.profile(async () => {
+    await work();
   });
   const wall = performance.now() - t0;
   const byName = new Map<string, { count: number; ms: number }>();

@@ -129,7 +129,7 @@ export interface StepTiming {
  * ms/token of the cached step on one path, at full S+W caches (every timed token evicts
  * one). Several streams of one capacity step as one batch, as validate's grid does.
  */
-export function timeStep(model: GPTNeoX, decode: DecodePath, streams: SinkWindow[], tokens: number, warmup = 2): StepTiming {
+export async function timeStep(model: GPTNeoX, decode: DecodePath, streams: SinkWindow[], tokens: number, warmup = 2): Promise<StepTiming> {
   const c = model.config;
   const B = streams.length;
   const cache = new SinkCache(streams, 0, { layers: c.num_hidden_layers, heads: c.num_attention_heads, headDim: headDim(c) });
@@ -144,16 +144,16 @@ export function timeStep(model: GPTNeoX, decode: DecodePath, streams: SinkWindow
     const chunk = B > 1 ? 1 : 128;
     for (let at = 0; at < cap; at += chunk) stepOn(decode, model, batch(Array.from({ length: Math.min(chunk, cap - at) }, rand)), cache).dispose();
     const fill = (performance.now() - t0) / 1000;
-    const one = () => {
+    const one = async () => {
       const logits = stepOn(decode, model, batch([rand()]), cache);
-      logits.dataSync();
+      await logits.data();
       logits.dispose();
     };
-    for (let i = 0; i < warmup; i++) one();
+    for (let i = 0; i < warmup; i++) await one();
     const ms: number[] = [];
     for (let i = 0; i < tokens; i++) {
       const t = performance.now();
-      one();
+      await one();
       ms.push(performance.now() - t);
     }
     return {
@@ -263,7 +263,7 @@ export async function benchPythia(o: PythiaBenchOptions): Promise<PythiaBenchRes
       for (const [p, streams] of runs) {
         const what = streams.length > 1 ? `${streams.length} streams batched` : `${o.sinks}+${o.window}`;
         log(`bench pythia: ${p} step, ${what}: filling the cache, then ${o.tokens} timed tokens`);
-        const r = timeStep(model, p, streams, o.tokens);
+        const r = await timeStep(model, p, streams, o.tokens);
         log(`bench pythia: ${p} step, ${what}: ${r.ms_median.toFixed(1)} ms/token (median; mean ${r.ms_per_token.toFixed(1)}), cache filled in ${r.fill_s.toFixed(1)} s, rss ${r.rss_mb.toFixed(0)} MB`);
         steps.push(r);
         // Each run is measured with only its own memory.

@@ -7,7 +7,7 @@
 import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import seedrandom from 'seedrandom';
-import { backendInfo, retainFreedMemory, type KernelInfo } from '../core/backend.js';
+import { backendInfo, deviceCounts, retainFreedMemory, type KernelInfo } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { toHFConfig, type NeoXConfig } from '../model/config.js';
 import { modelConfigFor } from '../train/modelconfig.js';
@@ -93,6 +93,10 @@ export interface TrainBenchResult {
   ms_backward: number;
   /** AdamW on the flat parameter vector, clipping included. */
   ms_optimizer: number;
+  /** GPU dispatches of one training step on webgpu (tfjs's programs and sinklm's WGSL); kernels called elsewhere. */
+  kernels_per_step: number;
+  gpu_kernel_ms: number;
+  reads_per_step: number;
   model_gflops_per_step: number;
   model_flops_per_token: number;
   /** Achieved model FLOP/s over peak_gflops. */
@@ -186,7 +190,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
     for (let i = 0; i < o.warmup; i++) {
       const b = randomBatch(rng, B, T, c.vocab_size);
       const loss = trainStep(model, opt, b, o.lr);
-      loss.dataSync();
+      await loss.data();
       tf.dispose([loss]);
       disposeBatch(b);
     }
@@ -203,7 +207,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
         const { loss, grads } = await pool.gradients(model, b, B, T);
         const norm = opt.apply(grads, o.lr);
         await pool.broadcast(model);
-        loss.dataSync();
+        await loss.data();
         if (i >= o.warmup) stepMs.push(performance.now() - t0);
         tf.dispose([loss, norm, ...grads.values()]);
         log(`bench train: ${replicas} replicas, step ${i + 1}/${o.warmup + o.steps}  ${(performance.now() - t0).toFixed(0)} ms${i < o.warmup ? ' (warmup)' : ''}`);
@@ -213,7 +217,7 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
         const b = randomBatch(rng, B, T, c.vocab_size);
         const t0 = performance.now();
         const loss = trainStep(model, opt, b, o.lr);
-        loss.dataSync();
+        await loss.data();
         stepMs.push(performance.now() - t0);
         loss.dispose();
         disposeBatch(b);
@@ -235,19 +239,21 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
     for (let i = 0; i < o.steps; i++) {
       const b = randomBatch(rng, B, T, c.vocab_size);
       let t0 = performance.now();
-      tf.tidy(() => model.loss(model.forward(b.input), b.target, b.mask).dataSync());
+      const fwd = tf.tidy(() => model.loss(model.forward(b.input), b.target, b.mask));
+      await fwd.data();
+      fwd.dispose();
       fwdMs.push(performance.now() - t0);
 
       t0 = performance.now();
       const { loss, grads } = forwardBackward(model, b);
-      loss.dataSync();
-      grads.get(embedName)!.dataSync();
+      await loss.data();
+      await grads.get(embedName)!.data();
       fbMs.push(performance.now() - t0);
 
       t0 = performance.now();
       const norm = opt.apply(grads, o.lr);
-      norm.dataSync();
-      model.params.get(lastParam)!.dataSync();
+      await norm.data();
+      await model.params.get(lastParam)!.data();
       optMs.push(performance.now() - t0);
       tf.dispose([loss, norm, ...grads.values()]);
       disposeBatch(b);
@@ -257,15 +263,20 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
     // One step under tf.profile: which kernels the time goes to, and how many a step runs.
     log('bench train: profiling one step');
     const b = randomBatch(rng, B, T, c.vocab_size);
-    const profile = await profileKernels(() => {
+    const before = deviceCounts();
+    const profile = await profileKernels(async () => {
       const loss = trainStep(model, opt, b, o.lr);
-      loss.dataSync();
+      await loss.data();
       loss.dispose();
     }, o.topKernels ?? 12);
+    const after = deviceCounts();
     disposeBatch(b);
+    // On webgpu a kernel may record several dispatches (and tfjs's run one each): count
+    // what the GPU was given. Elsewhere every kernel is one call.
+    const kernelsPerStep = backendInfo().backend === 'webgpu' ? after.dispatches - before.dispatches : profile.kernels;
 
     log(`bench train: matmul peak (${o.peakN ?? 1024}^3 float32)`);
-    const peak = measureMatmulPeak({ n: o.peakN });
+    const peak = await measureMatmulPeak({ n: o.peakN });
 
     const msStep = mean(stepMs);
     const tokensPerS = (B * T) / (msStep / 1000);
@@ -285,6 +296,11 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
       ms_forward: mean(fwdMs),
       ms_backward: mean(fbMs) - mean(fwdMs),
       ms_optimizer: mean(optMs),
+      kernels_per_step: kernelsPerStep,
+      // Kernel time of the profiled step (timestamp queries on webgpu; 0 where the adapter has none).
+      gpu_kernel_ms: profile.kernel_ms,
+      // Device-to-host reads in the profiled step: the loss, which the bench itself reads.
+      reads_per_step: after.reads - before.reads,
       model_gflops_per_step: (flopsPerToken * B * T) / 1e9,
       model_flops_per_token: flopsPerToken,
       mfu: (flopsPerToken * tokensPerS) / (peak.gflops * 1e9),

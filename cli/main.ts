@@ -47,7 +47,7 @@ export async function main(argv: string[]): Promise<void> {
     .usage('$0 <command> [options]\n\nPre-train attention-sink language models and stream them with StreamingLLM.')
     .option('backend', {
       choices: BACKENDS,
-      describe: 'TensorFlow.js backend (default: native tensorflow, else wasm, else cpu; env SINKLM_BACKEND)',
+      describe: 'TensorFlow.js backend (default: webgpu on a hardware GPU, else native tensorflow, else wasm, else cpu; env SINKLM_BACKEND)',
       global: true,
     })
     .demandCommand(1, 'name a command')

@@ -256,7 +256,50 @@ async function activate(name: BackendName, softwareAdapter = false): Promise<voi
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`backend ${name} failed to initialise`);
   await tf.ready();
+  watchCounts();
   if (name === 'webgpu') watchDevice();
+}
+
+/**
+ * Work the device was given: GPU->CPU reads (any backend's read/readSync) and, on webgpu,
+ * compute dispatches (tfjs's programs and sinklm's WGSL). Benchmarks and tests take
+ * differences of these around a step or a token.
+ */
+const counts = { reads: 0, dispatches: 0 };
+const watched = new WeakSet<object>();
+
+export function deviceCounts(): { reads: number; dispatches: number } {
+  return { ...counts };
+}
+
+/** Counts one dispatch that did not go through tfjs's program runner (sinklm's WGSL kernels). */
+export function countDispatch(): void {
+  counts.dispatches += 1;
+}
+
+function watchCounts(): void {
+  const be = tf.backend() as unknown as Record<string, unknown>;
+  if (watched.has(be)) return;
+  watched.add(be);
+  // A backend's read may call its own readSync (tfjs-node's does): one read, counted once.
+  let inside = 0;
+  const wrap = (name: string, counter: keyof typeof counts) => {
+    const f = be[name];
+    if (typeof f !== 'function') return;
+    be[name] = function (this: unknown, ...a: unknown[]) {
+      if (!inside) counts[counter] += 1;
+      inside += 1;
+      try {
+        const out = (f as (...x: unknown[]) => unknown).apply(this, a);
+        return out;
+      } finally {
+        inside -= 1;
+      }
+    };
+  };
+  wrap('read', 'reads');
+  wrap('readSync', 'reads');
+  wrap('recordAndSubmit', 'dispatches');
 }
 
 /** What the WebGPU device reported that tfjs does not (validation, out-of-memory, device lost). */

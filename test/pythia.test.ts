@@ -298,7 +298,7 @@ describe('which step streams a model: the host step only where it fits', () => {
 });
 
 describe('bench pythia (a small shape: the real one is 310 MB)', () => {
-  it('writes a float16 Pythia-layout checkpoint that loads, and times both steps', () => {
+  it('writes a float16 Pythia-layout checkpoint that loads, and times both steps', async () => {
     const dir = path.join(tmp, 'bench');
     const built = writeRandomPythia(dir, { name: 'small', layers: 2, hidden: 64, heads: 4, vocab: 512 });
     expect(readSafetensorsHeader(path.join(dir, 'model.safetensors')).entries.get('embed_out.weight')).toMatchObject({ dtype: 'F16', shape: [512, 64] });
@@ -307,11 +307,11 @@ describe('bench pythia (a small shape: the real one is 310 MB)', () => {
     try {
       expect(model.config).toMatchObject({ sink_mode: 'none', rotary_pct: 0.25, max_position_embeddings: 2048 });
       for (const d of ['host', 'tensor'] as const) {
-        const r = timeStep(model, d, [{ sinks: 4, window: 28 }], 3, 1);
+        const r = await timeStep(model, d, [{ sinks: 4, window: 28 }], 3, 1);
         expect(r).toMatchObject({ decode: d, cache: '4+28', tokens: 3 });
         expect(r.ms_per_token).toBeGreaterThan(0);
       }
-      const grid = timeStep(model, 'host', [0, 1, 2, 4].map((k) => ({ sinks: k, window: 32 - k })), 2, 1);
+      const grid = await timeStep(model, 'host', [0, 1, 2, 4].map((k) => ({ sinks: k, window: 32 - k })), 2, 1);
       expect(grid.cache).toBe('0+32,1+31,2+30,4+28');
     } finally {
       model.dispose();

@@ -12,6 +12,7 @@
  * compiled in as constants, so each shape gets its pipeline once (cached by source).
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { countDispatch } from '../../core/backend.js';
 
 /** The subset of tfjs's WebGPUBackend these kernels use (its fields are not in its public types). */
 export interface WebGPUBackendish {
@@ -27,11 +28,16 @@ export interface WebGPUBackendish {
   computePassEncoder: ComputePassish | null;
   dispatchCountInPass: number;
   activeTimers?: { name: string; query: unknown }[] | null;
+  supportTimestampQuery?: boolean;
+  querySet?: unknown;
+  querySetCount?: number;
+  getQueryTime(): Promise<number>;
 }
 interface GPUDeviceish {
   createShaderModule(d: { code: string; label?: string }): unknown;
   createComputePipeline(d: object): { getBindGroupLayout(i: number): unknown };
   createBindGroup(d: object): unknown;
+  createQuerySet(d: object): unknown;
   limits: Record<string, number>;
 }
 interface ComputePassish {
@@ -62,12 +68,6 @@ export interface KernelSpec {
 }
 
 const pipelines = new WeakMap<object, Map<string, { getBindGroupLayout(i: number): unknown }>>();
-let dispatches = 0;
-
-/** Dispatches recorded by sinklm's WGSL kernels since the process started (tfjs's own not included). */
-export function wgslDispatches(): number {
-  return dispatches;
-}
 
 const wgslType = (dtype: string) => (dtype === 'int32' || dtype === 'bool' ? 'i32' : 'f32');
 
@@ -98,13 +98,25 @@ export function dispatch(backend: WebGPUBackendish, spec: KernelSpec): tf.Tensor
   for (const t of [...outputs, ...spec.inputs]) backend.commandQueueOwnedIds.add(t.dataId);
   const bindGroup = backend.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
   backend.ensureCommandEncoderReady();
+  // Under tf.profile each dispatch gets a pass of its own with timestamps, as tfjs's programs do.
+  const timed = backend.activeTimers != null && !!backend.supportTimestampQuery;
+  if (timed) {
+    backend.endComputePassEncoder();
+    backend.querySet ??= backend.device.createQuerySet({ type: 'timestamp', count: backend.querySetCount ?? 2 });
+    backend.computePassEncoder = backend.commandEncoder.beginComputePass({
+      timestampWrites: { querySet: backend.querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+    });
+  }
   backend.computePassEncoder ??= backend.commandEncoder.beginComputePass({});
   backend.computePassEncoder.setPipeline(pipeline);
   backend.computePassEncoder.setBindGroup(0, bindGroup);
   backend.computePassEncoder.dispatchWorkgroups(...spec.grid);
   backend.dispatchCountInPass++;
-  dispatches++;
-  if ((tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= backend.dispatchCountInPass) {
+  countDispatch();
+  if (timed) {
+    backend.endComputePassEncoder();
+    backend.activeTimers!.push({ name: spec.label, query: backend.getQueryTime() });
+  } else if ((tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= backend.dispatchCountInPass) {
     backend.endComputePassEncoder();
     backend.submitQueue();
   }
