@@ -7,7 +7,7 @@
 import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import seedrandom from 'seedrandom';
-import { backendInfo, deviceCounts, retainFreedMemory, type KernelInfo } from '../core/backend.js';
+import { backendInfo, checkDevice, deviceCounts, retainFreedMemory, type KernelInfo } from '../core/backend.js';
 import type { RunConfig } from '../core/config.js';
 import { toHFConfig, type NeoXConfig } from '../model/config.js';
 import { modelConfigFor } from '../train/modelconfig.js';
@@ -271,6 +271,8 @@ export async function benchTrain(o: TrainBenchOptions): Promise<TrainBenchResult
     }, o.topKernels ?? 12);
     const after = deviceCounts();
     disposeBatch(b);
+    // A validation error, an out-of-memory or a lost device means the figures are not of this step.
+    checkDevice('bench train');
     // On webgpu a kernel may record several dispatches (and tfjs's run one each): count
     // what the GPU was given. Elsewhere every kernel is one call.
     const kernelsPerStep = backendInfo().backend === 'webgpu' ? after.dispatches - before.dispatches : profile.kernels;

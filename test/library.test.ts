@@ -21,7 +21,7 @@ describe("README's library example works as written", () => {
     try {
       const r = spawnSync(process.execPath, [file], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
       expect(r.status, r.stderr).toBe(0);
-      const m = /^ppl ([\d.]+), [\d.]+ ms\/token on (tensorflow|wasm|cpu)$/m.exec(r.stdout);
+      const m = /^ppl ([\d.]+), [\d.]+ ms\/token on (tensorflow|webgpu|wasm|cpu)$/m.exec(r.stdout);
       expect(m, r.stdout).not.toBeNull();
       expect(Number(m![1])).toBeGreaterThan(1);
       expect(Number.isFinite(Number(m![1]))).toBe(true);
