@@ -64,6 +64,23 @@ export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D):
   return (bias ? f(x, weight, bias) : f(x, weight)) as tf.Tensor2D;
 }
 
+/**
+ * Rows `ids` of table [V, D] (the embedding lookup). Its gradient is its own kernel:
+ * tfjs's (UnsortedSegmentSum) sums with atomics on webgpu, in a different order every run,
+ * and a resumed run must repeat the losses bit for bit.
+ */
+export function embedding(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+  const V = table.shape[0];
+  const f = tf.customGrad(((t: tf.Tensor2D, save: tf.GradSaveFunc) => {
+    save([]);
+    return {
+      value: tf.gather(t, ids),
+      gradFunc: (dy: tf.Tensor2D) => run('SinklmEmbeddingGrad', { dy, ids }, { vocab: V }) as tf.Tensor2D,
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return f(table) as tf.Tensor2D;
+}
+
 /** Exact GELU of (x + bias), bias along the last axis: u * Phi(u). */
 export function biasGelu(x: tf.Tensor, bias: tf.Tensor1D): tf.Tensor {
   return run('SinklmBiasGelu', { x, bias }) as tf.Tensor;

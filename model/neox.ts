@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { checkPositions, type CacheLayout, type KVCache } from './cache.js';
 import { headDim, rotaryDims, type NeoXConfig } from './config.js';
 import { applyRotary, attentionWeights, gelu, layerNorm, linear, NEG_INF, rotaryTables } from './ops.js';
-import { causalAttention, layerNormPair, linearGelu, tokenNll } from './fused.js';
+import { causalAttention, embedding, layerNormPair, linearGelu, tokenNll } from './fused.js';
 import { paramSpecs, type ParamSpec } from './params.js';
 import type { TensorMap } from './safetensors.js';
 
@@ -73,7 +73,7 @@ export class GPTNeoX {
 
   /** Rows of a [V, D] table; a one-hot matmul where the backend cannot differentiate gather. */
   private rows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
-    if (this.gatherGrad) return tf.gather(table, ids);
+    if (this.gatherGrad) return embedding(table, ids);
     return tf.matMul(tf.cast(tf.oneHot(ids, table.shape[0]), 'float32'), table);
   }
 

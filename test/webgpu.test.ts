@@ -11,7 +11,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import seedrandom from 'seedrandom';
 import { describe, expect, it } from 'vitest';
 import { checkDevice, initBackend, type BackendInfo } from '../core/backend.js';
-import { layerNormAffine, layerNormPair, linearGelu, tokenNll } from '../model/fused.js';
+import { embedding, layerNormAffine, layerNormPair, linearGelu, tokenNll } from '../model/fused.js';
 import { kernelSource } from '../model/kernels/index.js';
 import type { ParamSpec } from '../model/params.js';
 import { AdamW } from '../train/optimizer.js';
@@ -139,6 +139,20 @@ suite('the webgpu backend', () => {
       });
     });
   }
+
+  it('the embedding lookup and its gradient (repeated ids summed in token order, the same bits every run)', async () => {
+    const [V, D, N] = [37, 20, 300];
+    const ids = Int32Array.from({ length: N }, (_, i) => (i * 7 + (i >> 3)) % 11);
+    const f = () => {
+      const table = tf.tensor2d(normal(V * D, 50), [V, D]);
+      const t = tf.tensor1d(ids, 'int32');
+      return valueAndGrads((x) => embedding(x as tf.Tensor2D, t), [table], tf.tensor2d(normal(N * D, 51), [N, D]));
+    };
+    await expectSameOnBoth(f);
+    const [a, b] = [await on('webgpu', f), await on('webgpu', f)];
+    expect(Array.from(a[1]!)).toEqual(Array.from(b[1]!));
+    expect(kernelSource('SinklmEmbeddingGrad')).toBe('wgsl');
+  });
 
   it('AdamW over a flat vector (two steps, decay on the matrix only, clipping on)', async () => {
     const specs: ParamSpec[] = [

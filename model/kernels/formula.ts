@@ -103,6 +103,8 @@ export const FORMULAS: Record<string, FormulaKernel> = {
   SinklmMatMul: ({ a, b }, k) => tf.matMul(a!, b!, k.transposeA as boolean, k.transposeB as boolean),
   SinklmBiasAdd: ({ x, bias }) => tf.add(x!, bias!),
   SinklmBiasAddGrad: ({ dy }) => tf.sum(dy!, 0),
+  // The embedding's gradient: each token's row of dy added into its id's row of [vocab, D].
+  SinklmEmbeddingGrad: ({ dy, ids }, k) => tf.unsortedSegmentSum(dy!, ids as tf.Tensor1D, k.vocab as number),
 
   SinklmLayerNorm: ({ x, gamma, beta }, k) => {
     const { xhat, rstd } = normalized(x!, k.eps as number);

@@ -336,6 +336,26 @@ function adamW(be: WebGPUBackendish, ins: Record<string, tf.TensorInfo>): tf.Ten
   return [p1!, m1!, v1!];
 }
 
+/**
+ * The embedding's gradient [V, D] from dy [N, D] and ids [N]: one thread per column adds
+ * the tokens' rows in token order, so the sums are the same every run (no atomics).
+ */
+function embeddingGrad(be: WebGPUBackendish, dy: tf.TensorInfo, ids: tf.TensorInfo, V: number): tf.TensorInfo {
+  const [N, D] = dy.shape as [number, number];
+  const g = flatGrid(Math.ceil(D / 64));
+  const body = `@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let d = ${g.index} * 64u + t;
+  if (d >= ${D}u) { return; }
+  for (var v = 0u; v < ${V}u; v++) { table[v * ${D}u + d] = 0.0; }
+  for (var n = 0u; n < ${N}u; n++) {
+    let at = u32(ids[n]) * ${D}u + d;
+    table[at] = table[at] + dy[n * ${D}u + d];
+  }
+}`;
+  return dispatch(be, { label: 'SinklmEmbeddingGrad', body, inputs: [dy, ids], inputNames: ['dy', 'ids'], outputs: [{ name: 'table', shape: [V, D] }], grid: g.grid })[0]!;
+}
+
 /** Kernel name -> its WGSL implementation (the rest run their formula on tfjs's webgpu kernels). */
 export const WEBGPU: Record<string, WebGPUKernel> = {
   SinklmLayerNorm: ({ inputs: i, backend, attrs }) => layerNorm(backend, i.x!, [[i.gamma!, i.beta!]], attrs.eps as number),
@@ -360,6 +380,7 @@ export const WEBGPU: Record<string, WebGPUKernel> = {
   SinklmXent: ({ inputs: i, backend }) => xent(backend, i.logits!, i.labels!),
   SinklmXentGrad: ({ inputs: i, backend }) => xentGrad(backend, i.logits!, i.labels!, i.lse!, i.dnll!),
   SinklmAdamW: ({ inputs, backend }) => adamW(backend, inputs),
+  SinklmEmbeddingGrad: ({ inputs: i, backend, attrs }) => embeddingGrad(backend, i.dy!, i.ids!, attrs.vocab as number),
   ...ATTENTION_KERNELS,
 };
 
