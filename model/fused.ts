@@ -72,10 +72,11 @@ export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D):
 export function embedding(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   const V = table.shape[0];
   const f = tf.customGrad(((t: tf.Tensor2D, save: tf.GradSaveFunc) => {
-    save([]);
+    // The ids are kept with the tape: the forward's own tensors are freed before the backward.
+    save([ids]);
     return {
       value: tf.gather(t, ids),
-      gradFunc: (dy: tf.Tensor2D) => run('SinklmEmbeddingGrad', { dy, ids }, { vocab: V }) as tf.Tensor2D,
+      gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => run('SinklmEmbeddingGrad', { dy, ids: saved[0]! }, { vocab: V }) as tf.Tensor2D,
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return f(table) as tf.Tensor2D;
