@@ -44,6 +44,32 @@ export function tinyModel(over: Partial<NeoXConfig> = {}, seed = 7): GPTNeoX {
   return new GPTNeoX(c, w);
 }
 
+/** max |a - b| over max |b|: the relative error of a whole tensor. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return d / Math.max(m, 1e-30);
+}
+
+/**
+ * The webgpu backend for a test file, or why not: without an adapter the file's suite is
+ * skipped with a message on stderr, except under CI, where that is a failure.
+ */
+export async function webgpuBackend(file: string): Promise<BackendInfo | undefined> {
+  try {
+    return await initBackend({ prefer: 'webgpu', quiet: true });
+  } catch (e) {
+    const why = String((e as Error)?.message ?? e);
+    if (process.env.CI) throw new Error(`${file}: WebGPU is required under CI: ${why}`);
+    process.stderr.write(`${file} skipped: ${why}\n`);
+    return undefined;
+  }
+}
+
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));

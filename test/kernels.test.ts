@@ -20,20 +20,9 @@ import { matMulTakesOwn, NATIVE } from '../model/kernels/native.js';
 import { applyRotary, attentionWeights, NEG_INF, rotaryTables } from '../model/ops.js';
 import type { ParamSpec } from '../model/params.js';
 import { AdamW } from '../train/optimizer.js';
-import { numTensors, testBackend } from './helpers.js';
+import { numTensors, relErr, testBackend } from './helpers.js';
 
 const info = await testBackend();
-
-/** max |a - b| over max |b|: the relative error of a whole tensor. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / Math.max(m, 1e-30);
-}
 
 /** Values of f and the gradients of sum(f(...) * w) for each input. */
 function valueAndGrads(f: (...xs: tf.Tensor[]) => tf.Tensor, xs: tf.Tensor[], w: tf.Tensor): Float32Array[] {

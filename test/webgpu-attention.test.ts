@@ -10,32 +10,14 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, describe, expect, it } from 'vitest';
-import { checkDevice, initBackend, type BackendInfo } from '../core/backend.js';
+import { checkDevice } from '../core/backend.js';
 import type { SinkMode } from '../core/config.js';
 import { causalAttention, SINK_MODE_CODE } from '../model/fused.js';
 import { kernelSource } from '../model/kernels/index.js';
 import { rotaryTables } from '../model/ops.js';
+import { relErr, webgpuBackend } from './helpers.js';
 
-let info: BackendInfo | undefined;
-let why = '';
-try {
-  info = await initBackend({ prefer: 'webgpu', quiet: true });
-} catch (e) {
-  why = String((e as Error)?.message ?? e);
-}
-if (!info && process.env.CI) throw new Error(`WebGPU is required under CI: ${why}`);
-if (!info) console.warn(`webgpu-attention.test.ts skipped: WebGPU is unavailable (${why})`);
-
-/** max |a - b| over max |b|. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / Math.max(m, 1e-30);
-}
+const info = await webgpuBackend('test/webgpu-attention.test.ts');
 
 /** Seeded standard normals (mulberry32 + Box-Muller), times `scale`. */
 function normals(n: number, seed: number, scale = 1): Float32Array {

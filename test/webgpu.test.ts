@@ -10,40 +10,20 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import seedrandom from 'seedrandom';
 import { describe, expect, it } from 'vitest';
-import { checkDevice, initBackend, type BackendInfo } from '../core/backend.js';
+import { checkDevice, type BackendInfo } from '../core/backend.js';
 import { embedding, layerNormAffine, layerNormPair, linearGelu, tokenNll } from '../model/fused.js';
 import { kernelSource } from '../model/kernels/index.js';
 import type { ParamSpec } from '../model/params.js';
 import { AdamW } from '../train/optimizer.js';
+import { relErr, webgpuBackend } from './helpers.js';
 
-/** The webgpu backend, or why not; under CI its absence is a failure, not a skip. */
-async function webgpu(): Promise<BackendInfo | string> {
-  try {
-    return await initBackend({ prefer: 'webgpu', quiet: true });
-  } catch (e) {
-    return String((e as Error).message);
-  }
-}
-const info = await webgpu();
-const missing = typeof info === 'string' ? info : undefined;
-if (missing && !process.env.CI) process.stderr.write(`test/webgpu.test.ts skipped: ${missing}\n`);
-const suite = missing && !process.env.CI ? describe.skip : describe;
+const info = await webgpuBackend('test/webgpu.test.ts');
+const suite = info ? describe : describe.skip;
 
 /** Seeded normal host arrays: the same inputs on either backend. */
 function normal(n: number, seed: number, scale = 1, shift = 0): Float32Array {
   const rng = seedrandom(String(seed));
   return Float32Array.from({ length: n }, () => shift + scale * Math.sqrt(-2 * Math.log(1 - rng())) * Math.cos(2 * Math.PI * rng()));
-}
-
-/** max |a - b| over max |b|. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / Math.max(m, 1e-30);
 }
 
 /** Runs `f` on `backend` and reads its tensors back asynchronously. */
